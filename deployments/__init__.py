@@ -1,0 +1,1 @@
+"""Z-Image-Turbo on Ray Serve: ingress, GPU deployment, batching and model loading."""

@@ -1,0 +1,150 @@
+"""HTTP request/response schemas: the OpenAI images API and a plain `/generate`; limits come from config."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.config import AppConfig
+from deployments.errors import InvalidRequest
+from deployments.schemas import GenerationSpec
+
+MAX_SEED = 2**32 - 1
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+class GenerateRequest(BaseModel):
+    """POST /generate: one image, answered as PNG bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(description="What to draw (any language; Z-Image renders Chinese and English text).")
+    width: int | None = Field(None, description="Pixels; a multiple of 16 within the configured limits.")
+    height: int | None = None
+    num_inference_steps: int | None = Field(None, description="Denoising steps (Turbo: 8).")
+    seed: int | None = Field(None, description=f"0..{MAX_SEED}; random when omitted. Same seed, same image.")
+
+
+class ImagesRequest(BaseModel):
+    """POST /v1/images/generations, as the `openai` SDK sends it (seed/num_inference_steps via `extra_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    model: str | None = None
+    n: int = 1
+    size: str | None = Field(None, description="`WIDTHxHEIGHT` or `auto`.")
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    output_format: Literal["png"] | None = None
+    quality: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    style: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    user: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    seed: int | None = None
+    num_inference_steps: int | None = None
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
+def _check_prompt(prompt: str, cfg: AppConfig) -> str:
+    text = prompt.strip()
+    if not text:
+        raise InvalidRequest("prompt", "prompt must not be empty")
+    if len(prompt) > cfg.limits.max_prompt_chars:
+        raise InvalidRequest(
+            "prompt",
+            f"prompt has {len(prompt)} characters; the limit is {cfg.limits.max_prompt_chars}",
+            limit=cfg.limits.max_prompt_chars,
+        )
+    return prompt
+
+
+def _check_side(name: str, value: int, cfg: AppConfig) -> int:
+    lim = cfg.limits
+    if not lim.min_side <= value <= lim.max_side:
+        raise InvalidRequest(
+            name, f"{name}={value} is outside [{lim.min_side}, {lim.max_side}]", limit=[lim.min_side, lim.max_side]
+        )
+    if value % lim.side_multiple:
+        raise InvalidRequest(name, f"{name}={value} must be a multiple of {lim.side_multiple}", limit=lim.side_multiple)
+    return value
+
+
+def _check_steps(steps: int | None, cfg: AppConfig) -> int:
+    steps = cfg.defaults.num_inference_steps if steps is None else steps
+    lim = cfg.limits
+    if not lim.min_steps <= steps <= lim.max_steps:
+        raise InvalidRequest(
+            "num_inference_steps",
+            f"num_inference_steps={steps} is outside [{lim.min_steps}, {lim.max_steps}]",
+            limit=[lim.min_steps, lim.max_steps],
+        )
+    return steps
+
+
+def _check_seed(seed: int | None) -> int:
+    if seed is None:
+        return secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest("seed", f"seed={seed} is outside [0, {MAX_SEED}]", limit=[0, MAX_SEED])
+    return seed
+
+
+def specs_from_generate(req: GenerateRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:
+    width = _check_side("width", cfg.defaults.width if req.width is None else req.width, cfg)
+    height = _check_side("height", cfg.defaults.height if req.height is None else req.height, cfg)
+    return [
+        GenerationSpec(
+            prompt=_check_prompt(req.prompt, cfg),
+            width=width,
+            height=height,
+            steps=_check_steps(req.num_inference_steps, cfg),
+            seed=_check_seed(req.seed),
+            request_id=request_id,
+        )
+    ]
+
+
+def specs_from_images(req: ImagesRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:
+    """n images: seeds seed, seed+1, ... so each is reproducible alone."""
+    if req.model is not None and req.model != cfg.model_name:
+        raise InvalidRequest(
+            "model", f"model '{req.model}' is not served here; use '{cfg.model_name}'", limit=cfg.model_name
+        )
+    if req.response_format == "url":
+        raise InvalidRequest(
+            "response_format", "response_format 'url' is not supported; use 'b64_json'", limit="b64_json"
+        )
+    max_n = cfg.limits.max_images_per_request
+    if not 1 <= req.n <= max_n:
+        raise InvalidRequest("n", f"n={req.n} is outside [1, {max_n}]", limit=[1, max_n])
+    if req.size in (None, "auto"):
+        width, height = cfg.defaults.width, cfg.defaults.height
+    else:
+        m = _SIZE.match(req.size)
+        if not m:
+            raise InvalidRequest(
+                "size", f"size '{req.size[:40]}' must look like '1024x1024' or be 'auto'", limit="WIDTHxHEIGHT"
+            )
+        width, height = _check_side("width", int(m[1]), cfg), _check_side("height", int(m[2]), cfg)
+    prompt, steps, seed = (
+        _check_prompt(req.prompt, cfg),
+        _check_steps(req.num_inference_steps, cfg),
+        _check_seed(req.seed),
+    )
+    if seed + req.n - 1 > MAX_SEED:
+        raise InvalidRequest("seed", f"seed + n - 1 must stay <= {MAX_SEED}", limit=[0, MAX_SEED])
+    return [
+        GenerationSpec(
+            prompt=prompt, width=width, height=height, steps=steps, seed=seed + i, request_id=f"{request_id}/{i}"
+        )
+        for i in range(req.n)
+    ]

@@ -1,0 +1,32 @@
+"""Typed application builder: `import_path: deployments.app:build_app` in serve_config.yaml."""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.config import AppConfig
+from deployments.generator import ZImageGenerator
+from deployments.ingress import Ingress
+from deployments.pipeline_factory import PipelineFactory
+
+
+def make_app(config: AppConfig, pipeline_factory: PipelineFactory | None = None) -> Application:
+    """Ingress -> Generator. Deployment options here are defaults; serve_config.yaml overrides them."""
+    args = config.model_dump(mode="json")
+    generator = serve.deployment(
+        ZImageGenerator,
+        name="Generator",
+        ray_actor_options={"num_gpus": 0 if config.device == "cpu" else 1},
+        max_ongoing_requests=32,  # >= max_batch_size x max_concurrent_batches, or batches never fill
+        max_queued_requests=64,  # bounded: overload becomes 503 + Retry-After, not an unbounded queue
+        user_config={},  # always set, so reconfigure() runs (it loads the model and picks the batch size)
+        graceful_shutdown_timeout_s=120,
+        health_check_timeout_s=60,
+    ).bind(args, pipeline_factory)
+    ingress = serve.deployment(Ingress, name="Ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.5})
+    return ingress.bind(args, generator)
+
+
+def build_app(args: dict) -> Application:
+    return make_app(AppConfig.model_validate(args or {}))

@@ -1,0 +1,170 @@
+"""Typed configuration for the whole application, in one place.
+
+`AppConfig` is parsed from the Serve application `args`; `GeneratorUserConfig` is the GPU deployment's
+`user_config`, which Serve hands to `reconfigure()` live (batch size, batch wait, tier table, memory mode).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_HUB_ID = "Tongyi-MAI/Z-Image-Turbo"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomArch(str, Enum):
+    """Random-weight builds of the real architecture (no download needed)."""
+
+    FULL = "full"  # Qwen3-4B + 6B DiT + FLUX VAE, exact configs; for GPU benchmarks
+    TINY = "tiny"  # same classes, tiny sizes; for CPU tests and trying the service
+
+
+class ModelSource(_Strict):
+    """Where the weights come from: exactly one of a Hub id, a local directory or random weights.
+
+    The string form accepted by `parse` is what users write in YAML: `Tongyi-MAI/Z-Image-Turbo`,
+    `/models/z-image` (or `./dir`), `random:full`, `random:tiny`.
+    """
+
+    hub_id: str | None = None
+    local_dir: Path | None = None
+    random: RandomArch | None = None
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub_id.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        chosen = [x for x in (self.hub_id, self.local_dir, self.random) if x is not None]
+        if len(chosen) != 1:
+            raise ValueError("model source needs exactly one of hub_id, local_dir or random")
+        return self
+
+    @classmethod
+    def parse(cls, spec: str | dict | ModelSource) -> ModelSource:
+        if isinstance(spec, ModelSource):
+            return spec
+        if isinstance(spec, dict):
+            return cls.model_validate(spec)
+        if spec.startswith("random:"):
+            return cls(random=RandomArch(spec.split(":", 1)[1]))
+        if spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().is_dir():
+            return cls(local_dir=Path(spec).expanduser())
+        return cls(hub_id=spec)
+
+    @property
+    def label(self) -> str:
+        """Short name shown in /info and in every response (`X-Model-Source`)."""
+        if self.random is not None:
+            return f"random:{self.random.value}"
+        if self.local_dir is not None:
+            return f"local:{self.local_dir}"
+        return f"hub:{self.hub_id}" + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def is_random(self) -> bool:
+        return self.random is not None
+
+
+class MemoryMode(str, Enum):
+    """Where the weights live during generation; `auto` picks from the VRAM tier."""
+
+    AUTO = "auto"
+    GPU = "gpu"  # everything resident: fastest, needs >= ~24 GB
+    TEXT_ENCODER_OFFLOAD = "text_encoder_offload"  # text encoder streamed from CPU; DiT + VAE resident (16 GB)
+    GROUP_OFFLOAD = "group_offload"  # text encoder and DiT streamed block by block from CPU (12 GB)
+
+
+class Tier(_Strict):
+    """One row of the VRAM tier table: cards with at most `max_vram_gb` get this batch size and memory mode."""
+
+    max_vram_gb: float = Field(gt=0, description="Upper bound (inclusive) of total GPU memory for this tier.")
+    max_batch_size: int = Field(ge=1, le=64)
+    memory_mode: MemoryMode = MemoryMode.GPU
+
+
+DEFAULT_TIERS: tuple[Tier, ...] = (
+    Tier(max_vram_gb=12.5, max_batch_size=4, memory_mode=MemoryMode.GROUP_OFFLOAD),
+    Tier(max_vram_gb=23.5, max_batch_size=8, memory_mode=MemoryMode.TEXT_ENCODER_OFFLOAD),
+    Tier(max_vram_gb=1e9, max_batch_size=12, memory_mode=MemoryMode.GPU),
+)
+
+
+class GeneratorUserConfig(_Strict):
+    """Live-tunable knobs of the GPU deployment (Serve `user_config`, applied by `reconfigure()`)."""
+
+    max_batch_size: int | None = Field(
+        None, ge=1, le=64, description="Override the tier's batch size; still capped by the measured memory limit."
+    )
+    batch_wait_timeout_s: float = Field(0.05, ge=0, le=5, description="How long a partial batch waits to fill.")
+    tiers: tuple[Tier, ...] = Field(DEFAULT_TIERS, description="VRAM tier table, sorted by max_vram_gb.")
+    memory_mode: MemoryMode = Field(MemoryMode.AUTO, description="`auto` follows the tier; set to override.")
+    cpu_max_batch_size: int = Field(8, ge=1, le=64, description="Batch size when no GPU is present (tiny model).")
+
+    @field_validator("tiers")
+    @classmethod
+    def _sorted_tiers(cls, tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
+        if not tiers:
+            raise ValueError("tier table must have at least one row")
+        return tuple(sorted(tiers, key=lambda t: t.max_vram_gb))
+
+
+class RequestLimits(_Strict):
+    """What the ingress accepts. Anything outside gets a 4xx before it reaches the GPU."""
+
+    min_side: int = Field(256, ge=16)
+    max_side: int = Field(1024, ge=16, description="Largest width or height; the memory clamp measures at this size.")
+    side_multiple: int = Field(16, ge=1, description="VAE scale x patch size: width/height must be multiples.")
+    min_steps: int = 1
+    max_steps: int = Field(16, ge=1, le=100)
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_images_per_request: int = Field(4, ge=1, le=16, description="OpenAI `n` upper bound.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Request bodies above this get 413.")
+
+
+class GenerationDefaults(_Strict):
+    width: int = 1024
+    height: int = 1024
+    num_inference_steps: int = 8
+
+
+class AppConfig(_Strict):
+    """Application `args` in serve_config.yaml (see `deployments.app.build_app`)."""
+
+    model: ModelSource = Field(default_factory=lambda: ModelSource(hub_id=DEFAULT_HUB_ID))
+    model_name: str = Field("z-image-turbo", description="Name reported to OpenAI clients (`model` field).")
+    device: str = Field("auto", description="`auto` (cuda if available), `cuda` or `cpu`.")
+    dtype: str = Field("auto", description="`auto` (bf16 on GPU, fp32 on CPU), `bfloat16` or `float32`.")
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    memory_margin_gb: float = Field(
+        2.0, ge=0, description="Headroom kept free when clamping the batch size by measured peak memory."
+    )
+    emulate_vram_gb: float | None = Field(
+        None, gt=0, description="Testing: pretend the GPU has this much memory (caps torch's allocator to match)."
+    )
+    measure_memory: bool = Field(True, description="Run batch 1 and 2 at max size at start to clamp the batch size.")
+    compile: bool = Field(False, description="torch.compile the DiT's repeated blocks (GPU only).")
+    api_key_env: str | None = Field(
+        None, description="If set, the name of an env var holding a bearer API key required on all routes but /healthz."
+    )
+    log_prompts: bool = Field(False, description="Log prompts at INFO (off: prompts are user data).")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After header sent with 503 on overload.")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _parse_model(cls, value):
+        return ModelSource.parse(value)
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> AppConfig:
+        lim, d = self.limits, self.defaults
+        for name in ("width", "height"):
+            v = getattr(d, name)
+            if not lim.min_side <= v <= lim.max_side or v % lim.side_multiple:
+                raise ValueError(f"defaults.{name}={v} is outside limits")
+        return self

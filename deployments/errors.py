@@ -1,0 +1,84 @@
+"""Typed JSON errors (OpenAI's shape: {"error": {message, type, param, code}}) and the handlers that emit them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    status = 500
+    type = "server_error"
+
+    def __init__(
+        self,
+        param: str | None,
+        message: str,
+        *,
+        code: str | None = None,
+        limit: Any = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.param, self.message, self.code, self.limit, self.headers = param, message, code, limit, headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.type, self.message, self.param, self.code, self.limit, self.headers)
+
+
+class InvalidRequest(ApiError):
+    status, type = 422, "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "authentication_error"
+
+
+class Overloaded(ApiError):
+    status, type = 503, "overloaded"
+
+
+class GenerationFailed(ApiError):
+    status, type = 500, "server_error"
+
+
+def error_response(
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    limit: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"message": message, "type": type_, "param": param, "code": code}
+    if limit is not None:
+        body["limit"] = limit
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _param_of(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _param_of(tuple(first.get("loc", ())))
+        ctx = {k: v for k, v in (first.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        return error_response(422, "invalid_request_error", message, param, first.get("type"), ctx or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "invalid_request_error", str(exc.detail), headers=exc.headers)
