@@ -11,11 +11,15 @@ from deployments.ingress import Ingress
 from deployments.pipeline_factory import PipelineFactory
 
 
-def make_app(config: AppConfig, pipeline_factory: PipelineFactory | None = None) -> Application:
-    """Ingress -> Generator. Deployment options here are defaults; serve_config.yaml overrides them."""
+def make_app(
+    config: AppConfig,
+    pipeline_factory: PipelineFactory | None = None,
+    generator_options: dict | None = None,
+    ingress_options: dict | None = None,
+) -> Application:
+    """Ingress -> Generator. Deployment options here are defaults; serve_config.yaml (or the *_options) override."""
     args = config.model_dump(mode="json")
-    generator = serve.deployment(
-        ZImageGenerator,
+    generator_defaults = dict(
         name="Generator",
         ray_actor_options={"num_gpus": 0 if config.device == "cpu" else 1},
         max_ongoing_requests=32,  # >= max_batch_size x max_concurrent_batches, or batches never fill
@@ -23,9 +27,11 @@ def make_app(config: AppConfig, pipeline_factory: PipelineFactory | None = None)
         user_config={},  # always set, so reconfigure() runs (it loads the model and picks the batch size)
         graceful_shutdown_timeout_s=120,
         health_check_timeout_s=60,
-    ).bind(args, pipeline_factory)
-    ingress = serve.deployment(Ingress, name="Ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.5})
-    return ingress.bind(args, generator)
+    )
+    generator = serve.deployment(ZImageGenerator, **{**generator_defaults, **(generator_options or {})})
+    ingress_defaults = dict(name="Ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(Ingress, **{**ingress_defaults, **(ingress_options or {})})
+    return ingress.bind(args, generator.bind(args, pipeline_factory))
 
 
 def build_app(args: dict) -> Application:

@@ -1,0 +1,79 @@
+"""Start real Ray Serve on CPU with the tiny random model (or an injected pipeline) for tests over real HTTP.
+
+Ports come from ZIMAGE_TEST_HTTP_PORT (default 18000) so parallel runs on one machine do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import ray
+from ray import serve
+
+from deployments.app import make_app
+from deployments.config import AppConfig
+
+REPO = Path(__file__).resolve().parents[1]
+HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT", "18000"))
+BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
+# MKL strict reproducibility: GEMM rows do not depend on the batch size, so batched == alone bit for bit on CPU.
+WORKER_ENV = {"MKL_CBWR": "AVX2,STRICT", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def tiny_config(**overrides) -> AppConfig:
+    base = dict(
+        model="random:tiny",
+        device="cpu",
+        dtype="float32",
+        limits={"max_side": 512, "max_steps": 16, "max_images_per_request": 4},
+        defaults={"width": 256, "height": 256, "num_inference_steps": 8},
+    )
+    base.update(overrides)
+    return AppConfig.model_validate(base)
+
+
+def start_cluster(num_cpus: int = 4, num_gpus: int = 0, **init_kwargs) -> None:
+    """A local Ray cluster; logical CPUs/GPUs may exceed the machine's (scheduling only)."""
+    os.environ.update(WORKER_ENV)
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": WORKER_ENV},
+        **init_kwargs,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
+
+
+def stop_cluster() -> None:
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(
+    config: AppConfig | None = None,
+    pipeline_factory=None,
+    generator_options: dict | None = None,
+    ingress_options: dict | None = None,
+    name: str = "zimage",
+) -> str:
+    app = make_app(config or tiny_config(), pipeline_factory, generator_options, ingress_options)
+    serve.run(app, name=name, route_prefix="/", blocking=False)
+    wait_healthy()
+    return BASE_URL
+
+
+def wait_healthy(timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{BASE_URL}/info", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"service at {BASE_URL} not healthy after {timeout_s}s")
