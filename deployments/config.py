@@ -82,13 +82,18 @@ class MemoryMode(str, Enum):
 class Tier(_Strict):
     """One row of the VRAM tier table: cards with at most `max_vram_gb` get this batch size and memory mode."""
 
-    max_vram_gb: float = Field(gt=0, description="Upper bound (inclusive) of total GPU memory for this tier.")
+    max_vram_gb: float = Field(
+        gt=0,
+        description="Upper bound (inclusive) of total GPU memory for this tier, in GB (1e9 bytes) as NVML reports it: "
+        "cards are sold in GiB, so a '12 GB' card reads 12.9 and a '24 GB' L4 reads 24.2.",
+    )
     max_batch_size: int = Field(ge=1, le=64)
     memory_mode: MemoryMode = MemoryMode.GPU
 
 
+# Bounds sit between card sizes as NVML reports them (GB): 12 GB cards 12.9; 16 GB 16.1-17.2; 20 GB 21.5; 24 GB 24.2+.
 DEFAULT_TIERS: tuple[Tier, ...] = (
-    Tier(max_vram_gb=12.5, max_batch_size=4, memory_mode=MemoryMode.GROUP_OFFLOAD),
+    Tier(max_vram_gb=14.0, max_batch_size=4, memory_mode=MemoryMode.GROUP_OFFLOAD),
     Tier(max_vram_gb=23.5, max_batch_size=8, memory_mode=MemoryMode.TEXT_ENCODER_OFFLOAD),
     Tier(max_vram_gb=1e9, max_batch_size=12, memory_mode=MemoryMode.GPU),
 )
