@@ -107,6 +107,7 @@ class Ingress:
                     headers={"Retry-After": str(self.cfg.retry_after_s)},
                 ) from exc
             except DeploymentUnavailableError as exc:
+                self.metrics.rejected.inc(tags={"reason": "unavailable"})
                 raise Overloaded(
                     None,
                     "no generator replica is available",
@@ -119,6 +120,7 @@ class Ingress:
                         "request %s: generator replica died (%s); retrying once", spec.request_id, type(exc).__name__
                     )
                     continue
+                self.metrics.rejected.inc(tags={"reason": "replica_died"})
                 raise Overloaded(
                     None,
                     "the generator replica serving this request died; retry",

@@ -1,7 +1,8 @@
 """Custom Prometheus metrics of the service (Ray exports them with the `ray_` prefix and the tags
-application/deployment/replica added by `ray.serve.metrics`).
+application/deployment/replica added by `ray.serve.metrics`; counters also get `_total`).
 
-Names are the contract with monitoring/ dashboards and rules: change them there too.
+Names are the contract with monitoring/ (dashboards, recording rules, alerts): change them there too;
+tests/test_monitoring_dashboards.py checks that every `ray_zimage_*` name the dashboards use is declared here.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class GpuMetrics:
     """Per-replica GPU gauges sampled by `deployments.gpu_telemetry` in a background thread."""
 
     def __init__(self) -> None:
-        def gauge(name: str, description: str) -> metrics.Gauge:
+        def gauge(name: str, description: str) -> metrics.Gauge:  # gpu: NVML index, as ray_node_gpus_*{GpuIndex}
             return metrics.Gauge(name, description=description, tag_keys=("gpu",))
 
         self.utilization = gauge("zimage_gpu_utilization_ratio", "NVML utilization: share of time any kernel ran.")
@@ -78,6 +79,8 @@ class GpuMetrics:
 
 
 class IngressMetrics:
+    """Metrics recorded by the HTTP ingress (Serve's own ray_serve_http_* cover requests FastAPI rejects first)."""
+
     def __init__(self) -> None:
         self.latency = metrics.Histogram(
             "zimage_request_latency_seconds",
@@ -87,6 +90,6 @@ class IngressMetrics:
         )
         self.rejected = metrics.Counter(
             "zimage_requests_rejected",
-            description="Requests answered 4xx/503 before reaching the GPU.",
+            description="Requests the ingress answered 503 without an image (overloaded, unavailable, replica_died).",
             tag_keys=("reason",),
         )
