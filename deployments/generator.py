@@ -265,11 +265,14 @@ class ZImageGenerator:
             ]
 
         try:
-            outcome = run_with_oom_split(specs, run_chunk, on_oom=self._after_oom)
+            outcome = run_with_oom_split(
+                specs, run_chunk, on_oom=self._after_oom, on_fail_alone=lambda s, exc: self._failed([s], exc)[0]
+            )
         except Exception as exc:
             return self._failed(specs, exc)
-        if outcome.oom_splits:
+        if outcome.largest_failed is not None:  # only OOMs of batches whose items all fit alone lower the cap
             self._lower_after_oom(outcome.largest_failed, max(outcome.sizes_run))
+        if outcome.oom_splits:
             self.metrics.oom_splits.inc(outcome.oom_splits)
         return outcome.results
 
