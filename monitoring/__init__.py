@@ -1,0 +1,1 @@
+"""Monitoring as code: Grafana dashboards, Prometheus config/rules, upload and snapshot tools."""

@@ -1,0 +1,297 @@
+"""What the Z-Image dashboard shows: rows of panels, each a list of PromQL queries (the one place to edit PromQL).
+
+Label conventions follow Ray's own dashboards, so the same JSON works on a laptop and on KubeRay: every selector
+filters on `application` and `ray_io_cluster` (set by the KubeRay PodMonitor; absent locally, where the `Cluster`
+variable's "All" value `.*` also matches the empty label), and per-replica metrics on `replica`.
+Counters are `*_total`, Serve's latency histograms are in milliseconds, ours in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RATE = "$__rate_interval"
+SEL = 'application=~"$Application", ray_io_cluster=~"$Cluster"'
+REP = SEL + ', replica=~"$Replica"'
+NO_HEALTH = 'route!~"/-/.*"'  # Serve's own /-/healthz and /-/routes probes
+GEN_ROUTES = 'route=~"/generate|/v1/images/generations"'
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+    heatmap: bool = False  # Prometheus `format: heatmap` (bucket series sorted by le)
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    description: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    kind: str = "timeseries"  # timeseries | stat | heatmap
+    width: int = 8
+    min: float | None = 0
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    title: str
+    panels: tuple[PanelSpec, ...] = field(default_factory=tuple)
+
+
+def _rate(metric: str, sel: str = REP, by: str = "") -> str:
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (rate({metric}{{{sel}}}[{RATE}]))"
+
+
+def _agg(op: str, metric: str, sel: str, by: str) -> str:
+    """A gauge aggregated per `by`: e.g. `sum by (deployment) (metric{sel})`."""
+    return f"{op} by ({by}) ({metric}{{{sel}}})"
+
+
+def _mean(hist: str, sel: str = REP, by: str = "") -> str:
+    """Mean of a histogram over the rate window: rate(sum) / rate(count)."""
+    return f"{_rate(hist + '_sum', sel, by)} / {_rate(hist + '_count', sel, by)}"
+
+
+def _quantile(q: float, hist: str, sel: str, by: str = "") -> str:
+    return f"histogram_quantile({q}, sum by (le{', ' + by if by else ''}) (rate({hist}_bucket{{{sel}}}[{RATE}])))"
+
+
+TRAFFIC = RowSpec(
+    "Traffic and errors",
+    (
+        PanelSpec(
+            "Images generated / s",
+            "Images out of the pipeline (successful generations), total and per Generator replica.",
+            (
+                Query(_rate("ray_zimage_images_generated_total", by="application"), "total {{application}}"),
+                Query(_rate("ray_zimage_images_generated_total", by="replica"), "replica {{replica}}"),
+            ),
+        ),
+        PanelSpec(
+            "HTTP requests / s by status code",
+            "Every HTTP request through the Serve proxy, by route and status (4xx: bad requests, 503: overload).",
+            (
+                Query(
+                    _rate("ray_serve_num_http_requests_total", f"{SEL}, {NO_HEALTH}", "route, status_code"),
+                    "{{route}} {{status_code}}",
+                ),
+            ),
+            unit="reqps",
+        ),
+        PanelSpec(
+            "Errors / s by code and reason",
+            "HTTP errors from the proxy by code; 503s the ingress gave without an image, by reason; generations "
+            "that raised inside the Generator, by reason (oom: failed even alone after OOM splits).",
+            (
+                Query(
+                    _rate("ray_serve_num_http_error_requests_total", f"{SEL}, {NO_HEALTH}", "route, error_code"),
+                    "HTTP {{error_code}} {{route}}",
+                ),
+                Query(_rate("ray_zimage_requests_rejected_total", SEL, "reason"), "503 {{reason}}"),
+                Query(_rate("ray_zimage_generation_failures_total", REP, "reason"), "generation failed: {{reason}}"),
+            ),
+            unit="reqps",
+        ),
+    ),
+)
+
+LATENCY = RowSpec(
+    "Latency",
+    (
+        PanelSpec(
+            "Request latency p50 / p90 / p99 (successful generations)",
+            "Serve proxy latency of 200 responses on the generation routes. Buckets come from "
+            "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS (set it before the cluster starts; the defaults jump 10 s -> 60 s).",
+            tuple(
+                Query(
+                    _quantile(q, "ray_serve_http_request_latency_ms", f'{SEL}, {GEN_ROUTES}, status_code="200"'),
+                    f"p{round(q * 100)}",
+                )
+                for q in (0.5, 0.9, 0.99)
+            ),
+            unit="ms",
+        ),
+        PanelSpec(
+            "Where the time goes (means)",
+            "Mean queue wait per request (arrival at the replica -> its batch starts), mean stage times per "
+            "pipeline call, and the mean end-to-end latency of successful requests at the ingress.",
+            (
+                Query(_mean("ray_zimage_queue_wait_seconds"), "queue wait"),
+                Query(_mean("ray_zimage_stage_seconds", by="stage"), "{{stage}} (per batch)"),
+                Query(_mean("ray_zimage_request_latency_seconds", f'{SEL}, code="200"'), "end to end (ingress)"),
+            ),
+            unit="s",
+        ),
+        PanelSpec(
+            "Ingress latency p99 by route and code",
+            "Our own histogram at the ingress (seconds), split by route and response code.",
+            (
+                Query(
+                    _quantile(0.99, "ray_zimage_request_latency_seconds", SEL, "route, code"),
+                    "{{route}} {{code}}",
+                ),
+            ),
+            unit="s",
+        ),
+    ),
+)
+
+BATCHING = RowSpec(
+    "Queue and batching",
+    (
+        PanelSpec(
+            "Queue length",
+            "Requests waiting at handles for a replica slot (by deployment), waiting in a Generator replica's "
+            "@serve.batch queue, and ongoing at replicas (includes those in the batch queue).",
+            (
+                Query(
+                    _agg("sum", "ray_serve_deployment_queued_queries", SEL, "deployment"),
+                    "waiting for a replica: {{deployment}}",
+                ),
+                Query(_agg("sum", "ray_serve_batch_queue_length", REP, "replica"), "in batch queue: {{replica}}"),
+                Query(_agg("sum", "ray_serve_replica_processing_queries", SEL, "deployment"), "ongoing {{deployment}}"),
+            ),
+        ),
+        PanelSpec(
+            "Queue wait",
+            "From arrival at the Generator replica to the start of the batch that serves the request; and Serve's "
+            "own batch wait (time a batch waited to fill, at most batch_wait_timeout_s).",
+            (
+                Query(_quantile(0.5, "ray_zimage_queue_wait_seconds", REP), "p50 queue wait"),
+                Query(_quantile(0.99, "ray_zimage_queue_wait_seconds", REP), "p99 queue wait"),
+                Query(f"({_mean('ray_serve_batch_wait_time_ms')}) / 1000", "mean @serve.batch fill wait"),
+            ),
+            unit="s",
+        ),
+        PanelSpec(
+            "Batch size vs max batch size",
+            "Mean images per pipeline call (after grouping by shape) and requests per @serve.batch call, against "
+            "each replica's current max batch size (VRAM tier, memory clamp, lowered after an OOM).",
+            (
+                Query(_mean("ray_zimage_batch_size"), "mean images per pipeline call"),
+                Query(_mean("ray_serve_actual_batch_size"), "mean requests per @serve.batch call"),
+                Query(f"max by (replica) (ray_zimage_max_batch_size{{{REP}}})", "max batch size {{replica}}"),
+            ),
+        ),
+        PanelSpec(
+            "Batch size distribution",
+            "Pipeline calls per batch-size bucket in each interval.",
+            (
+                Query(
+                    f"sum by (le) (increase(ray_zimage_batch_size_bucket{{{REP}}}[{RATE}]))",
+                    "{{le}}",
+                    heatmap=True,
+                ),
+            ),
+            kind="heatmap",
+        ),
+        PanelSpec(
+            "GPU seconds per image",
+            "Pipeline wall time of a batch divided by its images (p50/p90 over batches; the mean weights every "
+            "image). Falls as batches grow until the GPU is compute-bound.",
+            (
+                Query(_quantile(0.5, "ray_zimage_gpu_seconds_per_image", REP), "p50"),
+                Query(_quantile(0.9, "ray_zimage_gpu_seconds_per_image", REP), "p90"),
+                Query(
+                    f"{_rate('ray_zimage_stage_seconds_sum')} / {_rate('ray_zimage_images_generated_total')}",
+                    "mean per image",
+                ),
+            ),
+            unit="s",
+        ),
+    ),
+)
+
+REPLICAS = RowSpec(
+    "Replicas, memory mode and OOM",
+    (
+        PanelSpec(
+            "Replicas: running vs target",
+            "Healthy replicas per deployment, the autoscaler's target, and what its policy asked for before "
+            "min/max_replicas: wanted above target for long means the deployment is pinned at max_replicas.",
+            (
+                Query(f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{SEL}}})", "running {{deployment}}"),
+                Query(f"max by (deployment) (ray_serve_autoscaling_target_replicas{{{SEL}}})", "target {{deployment}}"),
+                Query(
+                    f"max by (deployment) (ray_serve_autoscaling_desired_replicas{{{SEL}}})",
+                    "wanted (before min/max) {{deployment}}",
+                ),
+            ),
+        ),
+        PanelSpec(
+            "VRAM tier and memory mode",
+            "GPU memory (GB) each replica chose its tier from (0 on CPU), and its memory mode (1 = active).",
+            (
+                Query(f"max by (replica) (ray_zimage_tier_vram_gb{{{REP}}})", "{{replica}} tier GB"),
+                Query(f"max by (replica, mode) (ray_zimage_memory_mode{{{REP}}}) == 1", "{{replica}} {{mode}}"),
+            ),
+            kind="stat",
+            min=None,
+        ),
+        PanelSpec(
+            "OOM splits and the batch cap",
+            "CUDA OOMs that split a batch in halves (each lowers that replica's max batch size for good).",
+            (
+                Query(
+                    f"sum by (replica) (increase(ray_zimage_oom_splits_total{{{REP}}}[{RATE}]))",
+                    "OOM splits {{replica}}",
+                ),
+                Query(f"max by (replica) (ray_zimage_max_batch_size{{{REP}}})", "max batch size {{replica}}"),
+            ),
+        ),
+    ),
+)
+
+GPU = RowSpec(
+    "GPU (NVML and GPM, per Generator replica)",
+    (
+        PanelSpec(
+            "GPU busy: NVML utilization vs SM and tensor activity",
+            "NVML utilization is the share of time any kernel ran (near 100% even for a tiny kernel). GPM SM "
+            "activity, occupancy and tensor-pipe activity (Hopper and newer) show how much of the chip worked.",
+            (
+                Query(f"avg by (replica) (ray_zimage_gpu_utilization_ratio{{{REP}}})", "NVML util {{replica}}"),
+                Query(f"avg by (replica) (ray_zimage_gpu_sm_activity_ratio{{{REP}}})", "SM activity {{replica}}"),
+                Query(f"avg by (replica) (ray_zimage_gpu_sm_occupancy_ratio{{{REP}}})", "SM occupancy {{replica}}"),
+                Query(
+                    f"avg by (replica) (ray_zimage_gpu_tensor_activity_ratio{{{REP}}})", "tensor activity {{replica}}"
+                ),
+            ),
+            unit="percentunit",
+            max=1,
+        ),
+        PanelSpec(
+            "VRAM used / total",
+            "NVML memory used (all processes on the GPU) and total, per replica.",
+            (
+                Query(f"sum by (replica) (ray_zimage_gpu_memory_used_bytes{{{REP}}})", "used {{replica}}"),
+                Query(f"sum by (replica) (ray_zimage_gpu_memory_total_bytes{{{REP}}})", "total {{replica}}"),
+            ),
+            unit="bytes",
+        ),
+        PanelSpec(
+            "Power",
+            "NVML power draw per replica's GPU.",
+            (Query(f"sum by (replica) (ray_zimage_gpu_power_watts{{{REP}}})", "{{replica}}"),),
+            unit="watt",
+        ),
+        PanelSpec(
+            "Images per kJ",
+            "Images generated per kilojoule of GPU energy (NVML energy counter).",
+            (
+                Query(
+                    f"{_rate('ray_zimage_images_generated_total')}"
+                    f" / ({_rate('ray_zimage_gpu_energy_joules_total')} / 1000)",
+                    "images / kJ",
+                ),
+            ),
+        ),
+    ),
+)
+
+ROWS: tuple[RowSpec, ...] = (TRAFFIC, LATENCY, BATCHING, REPLICAS, GPU)
