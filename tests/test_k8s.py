@@ -288,7 +288,9 @@ def test_ray_version_matches_pin_images_and_dockerfile():
     assert Version(f"3.{python_tag.group(1)}") in SpecifierSet(project["requires-python"])
     for path in APP_DIRS:
         version = cluster(path)["rayVersion"]
-        assert version in SpecifierSet(pin.split("]", 1)[1]) and version == arg == ray.__version__
+        assert version in SpecifierSet(pin.split("]", 1)[1]) and version == arg
+        # The tests' own Ray (which validated serveConfigV2) is the image's minor release.
+        assert Version(ray.__version__).release[:2] == Version(version).release[:2]
         images = {c["image"] for c in (head(path), worker(path), fetcher(path))}
         assert len(images) == 1 and images.pop().endswith(f"-ray{version}")
 
