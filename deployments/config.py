@@ -147,13 +147,16 @@ class AppConfig(_Strict):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     memory_margin_gb: float = Field(
-        2.0, ge=0, description="Headroom kept free when clamping the batch size by measured peak memory."
+        1.0, ge=0, description="Headroom kept free when clamping the batch size by measured peak memory."
     )
     emulate_vram_gb: float | None = Field(
         None, gt=0, description="Testing: pretend the GPU has this much memory (caps torch's allocator to match)."
     )
     measure_memory: bool = Field(True, description="Run batch 1 and 2 at max size at start to clamp the batch size.")
-    compile: bool = Field(False, description="torch.compile the DiT's repeated blocks (GPU only).")
+    compile: bool = Field(False, description="torch.compile the DiT's repeated blocks (GPU only; ~1.4x at 1024^2).")
+    compile_cache_dir: str | None = Field(
+        None, description="Persistent TorchInductor cache (e.g. on a volume) so a new replica skips recompilation."
+    )
     api_key_env: str | None = Field(
         None, description="If set, the name of an env var holding a bearer API key required on all routes but /healthz."
     )

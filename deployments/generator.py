@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from ray import serve
 
 from deployments.batch_planning import MemoryClamp, group_by_shape, is_oom, run_with_oom_split, select_tier
+from deployments.compilation import compile_dit
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode, Tier
 from deployments.gpu_info import GpuInfo, probe_gpu
 from deployments.memory_modes import place_pipeline
@@ -58,15 +59,17 @@ class BatchingState:
     oom_cap: int | None = None
     effective_max_batch: int = 1
     batch_wait_timeout_s: float = 0.05
-    clamp: MemoryClamp | None = None
+    clamp: dict[str, MemoryClamp] = field(default_factory=dict)  # per pipeline stage
     oom_splits: int = 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["tier"] = self.tier.model_dump(mode="json") if self.tier else None
         d["memory_mode"] = self.memory_mode.value if self.memory_mode else None
-        if self.clamp is not None:
-            d["clamp"]["predicted_peak_at_effective_bytes"] = self.clamp.predicted_peak(self.effective_max_batch)
+        if self.clamp:
+            d["predicted_peak_at_effective_bytes"] = max(
+                c.predicted_peak(self.effective_max_batch) for c in self.clamp.values()
+            )
         return d
 
 
@@ -120,7 +123,8 @@ class ZImageGenerator:
         self._apply_batch_size()
         self.generate_batch.set_batch_wait_timeout_s(uc.batch_wait_timeout_s)
         logger.info(
-            "batching: vram=%s GB%s tier=%s mode=%s desired=%d memory_cap=%s oom_cap=%s -> max_batch_size=%d wait=%.3fs",
+            "batching: vram=%s GB%s tier=%s mode=%s desired=%d memory_cap=%s oom_cap=%s"
+            " -> max_batch_size=%d wait=%.3fs",
             f"{st.vram_gb:.1f}" if st.vram_gb else "n/a (cpu)",
             " (emulated)" if st.emulated else "",
             st.tier.max_vram_gb if st.tier else None,
@@ -155,7 +159,7 @@ class ZImageGenerator:
             self._emulate_vram(self.cfg.emulate_vram_gb)
         self.runner = ZImageRunner(pipe)
         if self.cfg.compile and self.device == "cuda":
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            compile_dit(pipe, mode, self.cfg.compile_cache_dir)
         self.state.memory_mode = mode
         for m in MemoryMode:
             if m is not MemoryMode.AUTO:
@@ -173,12 +177,11 @@ class ZImageGenerator:
             self.runner.run(["warm-up"], [0], Shape(d.width, d.height, 1))
             return
         shape = Shape(lim.max_side, lim.max_side, 2)  # peak memory does not depend on the step count
-        peaks = []
+        peaks: list[dict[str, int] | None] = []
         for b in (1, 2):
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
             try:
-                self.runner.run(["warm-up"] * b, list(range(b)), shape)
+                peaks.append(self.runner.run(["warm-up"] * b, list(range(b)), shape).stage_peak_bytes)
             except Exception as exc:
                 if not is_oom(exc) or b == 1:
                     raise RuntimeError(
@@ -186,25 +189,28 @@ class ZImageGenerator:
                         f"{self.state.memory_mode.value}: {exc}"
                     ) from exc
                 peaks.append(None)
-                break
-            peaks.append(torch.cuda.max_memory_allocated())
         torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
         if self.state.emulated:
-            capacity = int(self.state.vram_gb * 1e9)
+            # what the emulated card would have: its size minus what is not torch's (CUDA context, other processes)
+            outside_torch = total - free - torch.cuda.memory_reserved()
+            capacity = int(self.state.vram_gb * 1e9) - outside_torch
         else:
-            capacity = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved()
+            capacity = free + torch.cuda.memory_reserved()
         budget = capacity - int(self.cfg.memory_margin_gb * 1e9)
         if peaks[1] is None:
-            self.state.memory_cap, self.state.clamp = 1, None
+            self.state.memory_cap, self.state.clamp = 1, {}
         else:
-            self.state.clamp = MemoryClamp(peaks[0], peaks[1], budget)
-            self.state.memory_cap = self.state.clamp.max_batch
+            # peak(b) = max over stages of a line fitted per stage; the cap keeps every stage under the budget
+            self.state.clamp = {k: MemoryClamp(peaks[0][k], peaks[1][k], budget) for k in peaks[0]}
+            self.state.memory_cap = min(c.max_batch for c in self.state.clamp.values())
         logger.info(
-            "memory clamp at %dx%d: peak %.2f GB @1, %s @2, budget %.2f GB (capacity %.2f - margin %.2f) -> cap %d",
+            "memory clamp at %dx%d: stage peaks GB @1 %s, @2 %s; budget %.2f GB (capacity %.2f - margin %.2f)"
+            " -> cap %d",
             lim.max_side,
             lim.max_side,
-            peaks[0] / 1e9,
-            f"{peaks[1] / 1e9:.2f} GB" if peaks[1] else "OOM",
+            {k: round(v / 1e9, 2) for k, v in peaks[0].items()},
+            {k: round(v / 1e9, 2) for k, v in peaks[1].items()} if peaks[1] else "OOM",
             budget / 1e9,
             capacity / 1e9,
             self.cfg.memory_margin_gb,
@@ -236,9 +242,6 @@ class ZImageGenerator:
     def _run_group(self, specs: list[GenerationSpec]) -> list[GenerationResult]:
         """One shape, any number of prompts/seeds; runs in the GPU thread."""
         shape = Shape(specs[0].width, specs[0].height, specs[0].steps)
-        on_gpu = self.device == "cuda"
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
 
         def run_chunk(chunk: list[GenerationSpec]) -> list[GenerationResult]:
             out = self.runner.run([s.prompt for s in chunk], [s.seed for s in chunk], shape)
@@ -248,7 +251,7 @@ class ZImageGenerator:
                 self.metrics.stage.observe(secs, tags={"stage": stage})
             self.metrics.gpu_seconds_per_image.observe(t.total_s / len(chunk))
             self.metrics.images.inc(len(chunk), tags={"model_source": self.cfg.model.label})
-            peak = torch.cuda.max_memory_allocated() if on_gpu else 0
+            peak = max(out.stage_peak_bytes.values(), default=0)
             stage_s = {"encode": t.encode_s, "denoise": t.denoise_s, "decode": t.decode_s}
             return [
                 GenerationResult(

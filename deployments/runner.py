@@ -37,6 +37,7 @@ class StageTimes:
 class BatchOutput:
     images: list[np.ndarray]  # HxWx3 uint8, one per item
     times: StageTimes = field(default_factory=StageTimes)
+    stage_peak_bytes: dict[str, int] = field(default_factory=dict)  # torch peak allocated per stage (GPU only)
 
 
 class ZImageRunner:
@@ -86,16 +87,26 @@ class ZImageRunner:
             images.extend(pixels.permute(0, 2, 3, 1).cpu().numpy())
         return images
 
+    def _stage_peak(self, peaks: dict[str, int], stage: str) -> None:
+        """Peak of the stage that just ended; stages peak at different batch slopes (DiT grows, sliced decode not)."""
+        if self.device.type == "cuda":
+            peaks[stage] = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def run(self, prompts: list[str], seeds: list[int], shape: Shape) -> BatchOutput:
-        times = StageTimes()
+        times, peaks = StageTimes(), {}
+        self._stage_peak({}, "start")
         t0 = time.perf_counter()
         embeds = self.encode(prompts)
         self._sync()
+        self._stage_peak(peaks, "encode")
         t1 = time.perf_counter()
         latents = self.denoise(embeds, shape, seeds)
         self._sync()
+        self._stage_peak(peaks, "denoise")
         t2 = time.perf_counter()
         images = self.decode(latents)
+        self._stage_peak(peaks, "decode")
         t3 = time.perf_counter()
         times.encode_s, times.denoise_s, times.decode_s = t1 - t0, t2 - t1, t3 - t2
-        return BatchOutput(images=images, times=times)
+        return BatchOutput(images=images, times=times, stage_peak_bytes=peaks)
