@@ -27,10 +27,11 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
 _WORDS = (
-    "a an the of on in at to with and or for from by is are realistic photo photograph red blue green yellow black white "
-    "sports car mountain road sunset sunrise cat dog city street night day portrait of woman man child tree forest river "
-    "sea ocean beach sky cloud clouds snow rain light dark bright cinematic painting oil watercolor sketch style detailed "
-    "high quality 4k 8k close-up wide shot landscape building house old new small large big beautiful , . ! ? : ;"
+    "a an the of on in at to with and or for from by is are realistic photo photograph red blue green yellow "
+    "black white sports car mountain road sunset sunrise cat dog city street night day portrait of woman man "
+    "child tree forest river sea ocean beach sky cloud clouds snow rain light dark bright cinematic painting oil "
+    "watercolor sketch style detailed high quality 4k 8k close-up wide shot landscape building house old new "
+    "small large big beautiful , . ! ? : ;"
 ).split()
 
 TINY_VOCAB = 512
