@@ -95,7 +95,8 @@ def run_card(gb: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cards", type=float, nargs="+", default=[24, 16, 12])
+    # NVML totals (GB) of real cards: L4/A10G 24.15, "16 GB" (16 GiB) 17.18, "12 GB" (12 GiB) 12.88
+    ap.add_argument("--cards", type=float, nargs="+", default=[24.15, 17.18, 12.88])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     ray.init()
