@@ -1,0 +1,1 @@
+"""Benchmark for the Z-Image Serve app: load driver, live batch-size sweep, in-process baseline, reports."""

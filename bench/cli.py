@@ -1,0 +1,358 @@
+"""`python -m bench {run,sweep,baseline,report}`: argument parsing and wiring; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench import environment
+from bench.results import RunFile, load_run
+from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED
+
+logger = logging.getLogger("bench")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h or w)
+
+
+def parse_grid(items: list[str]) -> list[tuple[int, int, list[int]]]:
+    """`1024=1,2,4,8` or `768x1024=1,2` -> [(1024, 1024, [1, 2, 4, 8]), ...]"""
+    grid = []
+    for item in items:
+        size, sep, sizes = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"grid entry {item!r} must look like 1024=1,2,4")
+        w, h = parse_size(size)
+        grid.append((w, h, [int(b) for b in sizes.split(",") if b.strip()]))
+    return grid
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--prompt-mode", choices=["article", "varied"], default="article")
+    p.add_argument("--prompt", default=ARTICLE_PROMPT)
+    p.add_argument("--seed", type=int, default=ARTICLE_SEED)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--telemetry", choices=["auto", "off"], default="auto", help="NVML/GPM sampling in this process")
+    p.add_argument("--telemetry-hz", type=float, default=10.0)
+    p.add_argument("--gpu-index", type=int, default=0, help="which visible GPU the sampler watches")
+    p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default: by GPU name)")
+
+
+def _http_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", choices=["generate", "openai"], default="generate")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
+    p.add_argument("--api-key", default=os.environ.get("ZIMAGE_API_KEY"), help="bearer key if the service needs one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="one load run (closed or open loop) against a running service")
+    p.add_argument("--url", required=True)
+    p.add_argument("--mode", choices=["closed", "open"], default="closed")
+    p.add_argument("--concurrency", type=int, default=1, help="closed loop: clients")
+    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    p.add_argument("--requests", type=int, default=16, help="measured requests (upper bound)")
+    p.add_argument("--duration-s", type=float, default=300.0, help="bound on the measured phase")
+    p.add_argument("--drain-s", type=float, default=120.0, help="then wait this long for answers in flight")
+    p.add_argument("--warmup-requests", type=int, default=0)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--size", default="1024", help="1024 or WxH")
+    p.add_argument("--arrival-seed", type=int, default=0)
+    _workload_args(p)
+    _http_args(p)
+
+    p = sub.add_parser("sweep", help="batch-size sweep, reconfiguring a running deployment live")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--launch", type=Path, help="start a private Ray cluster and deploy this Serve config")
+    target.add_argument("--url", help="a running service (deployed from a config file) ...")
+    p.add_argument("--dashboard", default="http://127.0.0.1:8265", help="... and its Ray dashboard (Serve REST API)")
+    p.add_argument("--config", type=Path, help="with --url: the config it was deployed with (default: ask Serve)")
+    p.add_argument("--http-port", type=int, default=None, help="with --launch: override the config's port")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="with --launch")
+    p.add_argument("--num-cpus", type=int, default=None, help="with --launch: logical CPUs of the private cluster")
+    p.add_argument("--grid", action="append", required=True, help="SIZE=BS,BS,... (repeat for more sizes)")
+    p.add_argument("--batches", type=int, default=3, help="measured full batches per row")
+    p.add_argument("--warmup-batches", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps (same shapes; default: --steps)")
+    p.add_argument("--min-requests", type=int, default=4)
+    p.add_argument("--clients-per-batch", type=int, default=2)
+    p.add_argument("--row-timeout-s", type=float, default=300.0)
+    p.add_argument("--budget-s", type=float, default=None, help="skip rows that would end the sweep after this")
+    _workload_args(p)
+    _http_args(p)
+
+    p = sub.add_parser("baseline", help="in-process diffusers ZImagePipeline at the same batch sizes (no server)")
+    p.add_argument("--model", default="random:full", help="random:full | random:tiny | hub id | local dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--grid", action="append", required=True)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=None)
+    _workload_args(p)
+
+    p = sub.add_parser("report", help="tables and plots from raw JSON; --serve + --baseline adds the comparison")
+    p.add_argument("runs", nargs="*", type=Path, help="raw JSON files (each gets its own table and plots)")
+    p.add_argument("--serve", type=Path)
+    p.add_argument("--baseline", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    return ap
+
+
+@contextlib.contextmanager
+def _sampler(args):
+    from bench.telemetry import na_reasons, open_sampler
+
+    sampler, reason = (None, "telemetry off (--telemetry off)") if args.telemetry == "off" else (None, None)
+    if args.telemetry != "off":
+        sampler, reason = open_sampler(args.telemetry_hz, args.gpu_index)
+    holder = {"sampler": sampler, "na": lambda: na_reasons(sampler, reason)}
+    try:
+        yield holder
+    finally:
+        if sampler is not None:
+            sampler.stop()
+
+
+def _auth(args) -> dict:
+    return {"Authorization": f"Bearer {args.api_key}"} if getattr(args, "api_key", None) else {}
+
+
+def cmd_sweep(args) -> int:
+    from bench.launcher import launched_service
+    from bench.serve_control import ServeControl
+    from bench.sweep import SweepPlan, run_sweep
+
+    plan = SweepPlan(
+        grid=parse_grid(args.grid),
+        steps=args.steps,
+        batches=args.batches,
+        warmup_batches=args.warmup_batches,
+        min_requests=args.min_requests,
+        clients_per_batch=args.clients_per_batch,
+        warmup_steps=args.warmup_steps,
+        row_timeout_s=args.row_timeout_s,
+        budget_s=args.budget_s,
+        request_timeout_s=args.timeout_s,
+        prompt_mode=args.prompt_mode,
+        prompt=args.prompt,
+        seed=args.seed,
+        endpoint=args.endpoint,
+    )
+    with contextlib.ExitStack() as stack:
+        if args.launch:
+            svc = stack.enter_context(
+                launched_service(
+                    args.launch,
+                    http_port=args.http_port,
+                    dashboard_port=args.dashboard_port,
+                    num_cpus=args.num_cpus,
+                    logs_to=args.out / "serve_logs",
+                )
+            )
+            control = svc.control
+        else:
+            import yaml
+
+            cfg = yaml.safe_load(args.config.read_text()) if args.config else None
+            control = ServeControl(args.dashboard, args.url, cfg)
+        control.auth_headers = _auth(args)
+        tel = stack.enter_context(_sampler(args))
+        info = control.info()
+        settings = {**plan.describe(), "peak_tflops": args.peak_tflops, "config": str(args.launch or args.config)}
+        run = RunFile(
+            args.out / "serve_sweep.json",
+            "serve_sweep",
+            "served (Ray Serve, HTTP)",
+            info.get("model_source", "unknown"),
+            environment.capture(args.gpu_index),
+            settings,
+        )
+        run.set(service=info)
+        try:
+            run_sweep(control, plan, run, tel["sampler"])
+        finally:
+            run.data["telemetry"]["na"] = tel["na"]()
+            run.save()
+    return _report_one(run.data, args.out)
+
+
+def cmd_baseline(args) -> int:
+    from bench.baseline import BaselinePlan, build_pipeline, run_baseline
+
+    plan = BaselinePlan(
+        grid=parse_grid(args.grid),
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        warmup_steps=args.warmup_steps,
+        budget_s=args.budget_s,
+        prompt=args.prompt,
+        seed=args.seed,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    pipe, label, device = build_pipeline(plan)
+    dtype = str(pipe.transformer.dtype).removeprefix("torch.")
+    settings = {**plan.describe(), "device": device, "dtype": dtype, "peak_tflops": args.peak_tflops}
+    run = RunFile(
+        args.out / "baseline.json",
+        "baseline",
+        "in-process diffusers ZImagePipeline",
+        label,
+        environment.capture(args.gpu_index),
+        settings,
+    )
+    with _sampler(args) as tel:
+        try:
+            run_baseline(plan, pipe, device, run, tel["sampler"])
+        finally:
+            run.data["telemetry"]["na"] = tel["na"]()
+            run.save()
+    return _report_one(run.data, args.out)
+
+
+def cmd_run(args) -> int:
+    import httpx
+
+    from bench.loadgen import LoadSpec, run_load
+    from bench.progress import request_bar
+    from bench.stats import request_stats
+    from bench.workload import Workload
+
+    w, h = parse_size(args.size)
+    workload = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint)
+    spec = LoadSpec(
+        mode=args.mode,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        requests=args.requests,
+        duration_s=args.duration_s,
+        drain_s=args.drain_s,
+        warmup_requests=args.warmup_requests,
+        warmup_steps=args.warmup_steps,
+        timeout_s=args.timeout_s,
+        arrival_seed=args.arrival_seed,
+    )
+    try:
+        info = httpx.get(args.url.rstrip("/") + "/info", headers=_auth(args), timeout=30).json()
+    except Exception as exc:
+        logger.warning("could not read %s/info: %s", args.url, exc)
+        info = {}
+    load = f"{args.mode} loop, " + (
+        f"{args.concurrency} clients" if args.mode == "closed" else f"Poisson {args.rate}/s (latency from schedule)"
+    )
+    settings = {
+        **workload.describe(),
+        "load": load,
+        "load_spec": vars(spec),
+        "peak_tflops": args.peak_tflops,
+        "url": args.url,
+    }
+    run = RunFile(
+        args.out / "load.json",
+        "load",
+        f"load run ({load})",
+        info.get("model_source", "unknown"),
+        environment.capture(args.gpu_index),
+        settings,
+    )
+    run.set(service=info)
+    with _sampler(args) as tel:
+        with request_bar(args.warmup_requests + args.requests, f"{w}x{h}") as on_done:
+            phases = run_load(args.url, workload, spec, on_done=on_done, headers=_auth(args))
+        records = [r.as_dict() for p in phases.values() for r in p.records]
+        stats = request_stats([r for r in records if r["phase"] == "measure"])
+        samples = tel["sampler"].window(stats["window_start"], stats["window_end"]) if tel["sampler"] else []
+        eff = ((info.get("generator") or {}).get("batching") or {}).get("effective_max_batch")
+        key = {"width": w, "height": h, "steps": args.steps, "batch_size": eff}
+        extra = {"load_mode": args.mode, "concurrency": args.concurrency, "rate_rps": args.rate}
+        run.data["telemetry"]["na"] = tel["na"]()
+        run.add_row(key, stats, samples, extra, records)
+    return _report_one(run.data, args.out)
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_comparison, write_run_report
+
+    if not (args.runs or args.serve or args.baseline):
+        logger.error("nothing to report: give raw JSON files and/or --serve/--baseline")
+        return 2
+    for path in args.runs:
+        run = load_run(path)
+        write_run_report(run, args.out, path.stem)
+        print_summary(run)
+    if args.serve and args.baseline:
+        paths = write_comparison(load_run(args.serve), load_run(args.baseline), args.out)
+        logger.info("comparison: %s", paths["report"])
+    else:
+        for path in (args.serve, args.baseline):
+            if path:
+                run = load_run(path)
+                write_run_report(run, args.out, run["kind"])
+                print_summary(run)
+    return 0
+
+
+def _report_one(run: dict, out: Path) -> int:
+    from bench.report import write_run_report
+
+    paths = write_run_report(run, out)
+    print_summary(run)
+    logger.info("wrote %s", ", ".join(str(p) for p in [out / f"{run['kind']}.json", *paths.values()]))
+    ok = bool(run["rows"]) and all(r["summary"]["ok"] > 0 for r in run["rows"])
+    return 0 if ok else 1
+
+
+def print_summary(run: dict) -> None:
+    """The readable end-of-run table (rich), key columns only; the markdown file has them all."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.report import COLUMNS, _fmt, summaries
+
+    keys = {
+        "batch_size",
+        "s_per_image",
+        "batch_latency_s",
+        "gpu_util_pct",
+        "sm_activity_pct",
+        "peak_vram_nvml_mb",
+        "peak_vram_torch_mb",
+        "throughput_img_s",
+        "latency_p50_s",
+        "latency_p99_s",
+        "mfu_pct",
+        "counts",
+    }
+    cols = [c for c in COLUMNS if c[0] in keys]
+    table = Table(title=f"{run['label']} | {run['weights']}", title_justify="left")
+    table.add_column("Size")
+    for _, header, _ in cols:
+        table.add_column(header, justify="right")
+    for s in summaries(run):
+        table.add_row(f"{s['width']}x{s['height']}", *(_fmt(s.get(k), f) for k, _, f in cols))
+    console = Console(file=sys.stdout, width=200)
+    console.print(table)
+    for skipped in run.get("skipped", []):
+        console.print(f"skipped {skipped['width']}x{skipped['height']} bs={skipped['batch_size']}: {skipped['reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "sweep": cmd_sweep, "baseline": cmd_baseline, "report": cmd_report}[args.cmd]
+    return handler(args)
