@@ -1,6 +1,7 @@
 """Generate the RayService's serve config patches from serve_config.yaml: `python -m k8s.render [--check]`.
 
-serve_config.yaml stays the one source of truth. For the base and for every overlay that has a
+serve_config.yaml stays the one source of truth; `serve-overrides.yaml` files hold only what differs on Kubernetes
+(k8s/base/: every deployment) and per GPU class (k8s/overlays/NAME/). For the base and for every overlay that has a
 `serve-overrides.yaml`, this writes `serve-config.generated.yaml`: a kustomize JSON patch that sets
 `spec.serveConfigV2` (the merged, validated config), the GPU worker group's replica bounds (from the Generator's
 autoscaling_config) and the model the init container fetches. `--check` writes nothing and exits 1 if any file is
@@ -40,11 +41,17 @@ def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _BlockStyleDumper.add_representer(str, _str_presenter)
 
 
+def override_files(root: Path, overlay: Path | None) -> list[Path]:
+    """k8s-wide overrides (k8s/base/serve-overrides.yaml, e.g. paths on mounted volumes), then the overlay's."""
+    files = [root / "k8s" / "base" / OVERRIDES_NAME, *([overlay / OVERRIDES_NAME] if overlay else [])]
+    return [f for f in files if f.is_file()]
+
+
 def serve_config(root: Path, overlay: Path | None) -> dict:
-    """serve_config.yaml with the overlay's overrides applied, validated."""
+    """serve_config.yaml with the base's and the overlay's overrides applied, validated."""
     config = load_yaml(root / "serve_config.yaml")
-    if overlay is not None:
-        config = apply_overrides(config, load_yaml(overlay / OVERRIDES_NAME))
+    for path in override_files(root, overlay):
+        config = apply_overrides(config, load_yaml(path))
     validate(config)
     return config
 
@@ -77,10 +84,11 @@ def overlays(root: Path) -> list[Path]:
 
 def generate(root: Path = REPO_ROOT) -> dict[Path, str]:
     """Every generated file's path and its expected content."""
-    out = {root / "k8s" / "base" / GENERATED_NAME: render_patch(serve_config(root, None), ["serve_config.yaml"])}
-    for overlay in overlays(root):
-        rel = overlay.relative_to(root) / OVERRIDES_NAME
-        out[overlay / GENERATED_NAME] = render_patch(serve_config(root, overlay), ["serve_config.yaml", str(rel)])
+    out = {}
+    for target in [None, *overlays(root)]:
+        sources = ["serve_config.yaml", *(str(p.relative_to(root)) for p in override_files(root, target))]
+        path = (target or root / "k8s" / "base") / GENERATED_NAME
+        out[path] = render_patch(serve_config(root, target), sources)
     return out
 
 

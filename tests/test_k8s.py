@@ -197,16 +197,30 @@ def test_drift_is_detected_and_rerender_fixes_it(tmp_path):
     assert built["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] == 6
 
 
-def test_base_serve_config_v2_is_serve_config_yaml():
-    assert served_config(BASE) == SERVE_CONFIG
+BASE_OVERRIDES = load_yaml(BASE / render.OVERRIDES_NAME)
+
+
+def test_base_serve_config_v2_is_serve_config_yaml_plus_k8s_overrides():
+    served = served_config(BASE)
+    assert served == apply_overrides(SERVE_CONFIG, BASE_OVERRIDES)
+    # The k8s-wide overrides touch only the app args they name; everything else is serve_config.yaml verbatim.
+    (app,), (source_app,) = served["applications"], SERVE_CONFIG["applications"]
+    named = set(BASE_OVERRIDES["applications"]["zimage"]["args"])
+    assert {k: v for k, v in app["args"].items() if k not in named} == {
+        k: v for k, v in source_app["args"].items() if k not in named
+    }
+    assert {k: v for k, v in app.items() if k != "args"} == {k: v for k, v in source_app.items() if k != "args"}
+    assert {k: v for k, v in served.items() if k != "applications"} == {
+        k: v for k, v in SERVE_CONFIG.items() if k != "applications"
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlay_serve_config_v2_is_source_plus_overrides(overlay):
     overrides = load_yaml(overlay / render.OVERRIDES_NAME)
     served = served_config(overlay)
-    assert served == apply_overrides(SERVE_CONFIG, overrides)
-    assert served != SERVE_CONFIG, "an overlay without effective overrides is the base"
+    assert served == apply_overrides(apply_overrides(SERVE_CONFIG, BASE_OVERRIDES), overrides)
+    assert served != served_config(BASE), "an overlay without effective overrides is the base"
     user_over = overrides["applications"]["zimage"]["deployments"]["Generator"]["user_config"]
     served_user = deployment(served, "Generator")["user_config"]
     assert {k: served_user[k] for k in user_over} == user_over
@@ -317,6 +331,16 @@ def test_weights_cached_on_shared_pvc(path):
     assert env(worker(path))["HF_HUB_OFFLINE"]["value"] == "1"
     needs = cluster_needs(served_config(path))
     assert env(fetcher(path))["ZIMAGE_MODEL"]["value"] == needs.model == "Tongyi-MAI/Z-Image-Turbo"
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_compile_cache_on_shared_pvc(path):
+    """A compiled replica's Inductor cache must outlive the pod, or every scale-up compiles again."""
+    (app,) = served_config(path)["applications"]
+    if not app["args"].get("compile"):
+        pytest.skip("serve config does not compile")
+    mounts = {m["name"]: m["mountPath"] for m in worker(path)["volumeMounts"]}
+    assert Path(app["args"]["compile_cache_dir"]).is_relative_to(mounts["hf-cache"])
 
 
 @pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
