@@ -76,12 +76,17 @@ class ClusterNeeds:
 
 def validate(config: dict) -> None:
     """Raise if Ray Serve or the project's typed config would reject this serve config."""
+    from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import ServeDeploySchema  # Ray's own schema for `serve deploy` / serveConfigV2
 
     ServeDeploySchema.model_validate(config)
+    known = set(getattr(AutoscalingConfig, "model_fields", None) or AutoscalingConfig.__fields__)
     for app in config["applications"]:
         AppConfig.model_validate(app.get("args") or {})
         for dep in app.get("deployments", []):
+            # Serve ignores unknown autoscaling keys: a typo would silently fall back to the default.
+            if unknown := set(dep.get("autoscaling_config") or {}) - known:
+                raise ValueError(f"{app['name']}/{dep['name']}: unknown autoscaling_config keys {sorted(unknown)}")
             if dep["name"] == GPU_DEPLOYMENT:
                 GeneratorUserConfig.model_validate(dep.get("user_config") or {})
 

@@ -239,6 +239,15 @@ def test_invalid_user_config_override_fails_render(tmp_path):
         render.generate(root)
 
 
+def test_autoscaling_typo_fails_render(tmp_path):
+    """Serve itself ignores unknown autoscaling keys; the render does not."""
+    root = _copy_tree(tmp_path)
+    bad = {"applications": {"zimage": {"deployments": {"Generator": {"autoscaling_config": {"target_ongoing": 4}}}}}}
+    (root / "k8s" / "overlays" / "gpu-24gb" / render.OVERRIDES_NAME).write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="target_ongoing"):
+        render.generate(root)
+
+
 def test_kustomize_patch_guards_the_base_layout(tmp_path):
     """The generated patch `test`s the worker group it edits: renaming it in the base breaks the build, loudly."""
     root = _copy_tree(tmp_path)
