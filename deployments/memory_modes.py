@@ -33,6 +33,15 @@ def _stream(module: torch.nn.Module, device: torch.device) -> None:
     )
 
 
+def _tile_vae(pipe: ZImagePipeline, tile_px: int = 512) -> None:
+    """Decode in overlapping 512 px tiles. The VAE's own tile size is its sample_size (1024), which would leave
+    1024x1024 decodes untiled; measured untiled decode peak at 1024x1024 is ~2.6 GB above the weights."""
+    vae = pipe.vae
+    vae.enable_tiling()
+    vae.tile_sample_min_size = tile_px
+    vae.tile_latent_min_size = tile_px // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def place_pipeline(pipe: ZImagePipeline, mode: MemoryMode, device: str) -> None:
     """Move components for `mode`; on CPU everything stays put (modes only matter for GPU memory)."""
     if mode is MemoryMode.AUTO:
@@ -47,11 +56,11 @@ def place_pipeline(pipe: ZImagePipeline, mode: MemoryMode, device: str) -> None:
         _stream(pipe.text_encoder, dev)
         pipe.transformer.to(dev)
         pipe.vae.to(dev)
-        pipe.vae.enable_tiling()  # decode in overlapping tiles: ~2.3 GB less peak at 1024x1024
+        _tile_vae(pipe)
     elif mode is MemoryMode.GROUP_OFFLOAD:
         _stream(pipe.text_encoder, dev)
         _stream(pipe.transformer, dev)
         pipe.vae.to(dev)
-        pipe.vae.enable_tiling()
+        _tile_vae(pipe)
     torch.cuda.empty_cache()
     logger.info("memory mode %s: %.1f GB allocated after placement", mode.value, torch.cuda.memory_allocated() / 1e9)
