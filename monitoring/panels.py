@@ -53,8 +53,11 @@ def _agg(op: str, metric: str, sel: str, by: str) -> str:
 
 
 def _mean(hist: str, sel: str = REP, by: str = "") -> str:
-    """Mean of a histogram over the rate window: rate(sum) / rate(count)."""
-    return f"{_rate(hist + '_sum', sel, by)} / {_rate(hist + '_count', sel, by)}"
+    """Exact mean over the rate window: rate(<hist>_exact_total) / rate(<hist>_count).
+
+    Not `_sum / _count`: Ray 2.60 exports a histogram's `_sum` from bucket midpoints (deployments/metrics.py).
+    """
+    return f"{_rate(hist + '_exact_total', sel, by)} / {_rate(hist + '_count', sel, by)}"
 
 
 def _quantile(q: float, hist: str, sel: str, by: str = "") -> str:
@@ -164,23 +167,25 @@ BATCHING = RowSpec(
             (
                 Query(_quantile(0.5, "ray_zimage_queue_wait_seconds", REP), "p50 queue wait"),
                 Query(_quantile(0.99, "ray_zimage_queue_wait_seconds", REP), "p99 queue wait"),
-                Query(f"({_mean('ray_serve_batch_wait_time_ms')}) / 1000", "mean @serve.batch fill wait"),
+                Query(f"{_quantile(0.9, 'ray_serve_batch_wait_time_ms', REP)} / 1000", "p90 @serve.batch fill wait"),
             ),
             unit="s",
         ),
         PanelSpec(
             "Batch size vs max batch size",
-            "Mean images per pipeline call (after grouping by shape) and requests per @serve.batch call, against "
-            "each replica's current max batch size (VRAM tier, memory clamp, lowered after an OOM).",
+            "Mean images per pipeline call (after grouping by shape), against each replica's current max batch "
+            "size (VRAM tier, memory clamp, lowered after an OOM).",
             (
-                Query(_mean("ray_zimage_batch_size"), "mean images per pipeline call"),
-                Query(_mean("ray_serve_actual_batch_size"), "mean requests per @serve.batch call"),
+                Query(
+                    f"{_rate('ray_zimage_images_generated_total')} / {_rate('ray_zimage_batch_size_count')}",
+                    "mean images per pipeline call",
+                ),
                 Query(f"max by (replica) (ray_zimage_max_batch_size{{{REP}}})", "max batch size {{replica}}"),
             ),
         ),
         PanelSpec(
             "Batch size distribution",
-            "Pipeline calls per batch-size bucket in each interval.",
+            "Pipeline calls per batch size in each interval (bucket le=N.5 holds batches of N images).",
             (
                 Query(
                     f"sum by (le) (increase(ray_zimage_batch_size_bucket{{{REP}}}[{RATE}]))",
@@ -198,7 +203,7 @@ BATCHING = RowSpec(
                 Query(_quantile(0.5, "ray_zimage_gpu_seconds_per_image", REP), "p50"),
                 Query(_quantile(0.9, "ray_zimage_gpu_seconds_per_image", REP), "p90"),
                 Query(
-                    f"{_rate('ray_zimage_stage_seconds_sum')} / {_rate('ray_zimage_images_generated_total')}",
+                    f"{_rate('ray_zimage_stage_seconds_exact_total')} / {_rate('ray_zimage_images_generated_total')}",
                     "mean per image",
                 ),
             ),

@@ -68,10 +68,11 @@ def test_app_metric_names_are_declared_in_deployments_metrics():
     exprs = [t["expr"] for d in _committed().values() for _, t in _targets(d)]
     used = {m for e in exprs for m in re.findall(r"ray_(zimage_\w+)", e)}
     assert used, "the dashboards use no ray_zimage_* metric"
-    for name in used:
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        base = base.removesuffix("_total") if base.removesuffix("_total") in declared else base
+    for name in used:  # histogram series, counters' _total, and ExactHistogram's <name>_exact_total
+        base = re.sub(r"(_bucket|_sum|_count|_exact_total|_total)$", "", name)
         assert base in declared, f"ray_{name}: no metric {base!r} in deployments/metrics.py"
+        if name.endswith("_exact_total"):
+            assert re.search(rf'ExactHistogram\(\s*"{base}"', METRICS_PY.read_text()), f"{base} is no ExactHistogram"
 
 
 class _FakeGrafana(BaseHTTPRequestHandler):

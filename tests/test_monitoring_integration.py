@@ -77,7 +77,10 @@ def _closed_loop_load(seconds: float, clients: int) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    """A tiny Serve app and a Prometheus scraping it; load ran. Yields (prometheus, start, end, status codes)."""
+    """A tiny Serve app and a Prometheus scraping it; load ran.
+
+    Yields (prometheus, load start, load end, status codes, time the app was deployed).
+    """
     workdir = tmp_path_factory.mktemp("prometheus")
     old_buckets = os.environ.get("RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS")
     os.environ["RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"] = LATENCY_BUCKETS_MS  # before ray.init: Serve reads it there
@@ -101,6 +104,7 @@ def loaded(tmp_path_factory):
                 },
             },
         )
+        deployed_at = time.time()
         sd_file = write_sd_file(workdir / "prom_metrics_service_discovery.json", ray_metrics_targets())
         prom = start_prometheus(workdir, PROM_PORT, sd_file, scrape_interval="1s")
         start = time.time()
@@ -111,7 +115,7 @@ def loaded(tmp_path_factory):
         logger.info("load: %s", codes)
         _wait_for(prom, "ray_zimage_generation_failures_total", timeout_s=30)
         time.sleep(3)  # one more export + scrape after the last request
-        yield prom, start - 5, time.time(), codes
+        yield prom, start - 5, time.time(), codes, deployed_at
     finally:
         if prom is not None:
             prom.stop()
@@ -136,7 +140,7 @@ def _finite_points(result: list[dict]) -> int:
 
 
 def test_load_mixed_ok_bad_and_overloaded(loaded):
-    _, _, _, codes = loaded
+    _, _, _, codes, _ = loaded
     assert codes.get(200, 0) >= 20, codes
     assert codes.get(422, 0) >= 2, codes
     assert codes.get(503, 0) >= 1, codes
@@ -144,7 +148,7 @@ def test_load_mixed_ok_bad_and_overloaded(loaded):
 
 
 def test_every_dashboard_query_returns_data(loaded):
-    prom, start, end, _ = loaded
+    prom, start, end, *_ = loaded
     queries = dashboard_queries.load()
     titles = {q.panel for q in queries}
     assert GPU_ONLY_PANELS <= titles, f"stale exemption list: {GPU_ONLY_PANELS - titles}"
@@ -159,7 +163,7 @@ def test_every_dashboard_query_returns_data(loaded):
 
 
 def test_variables_resolve(loaded):
-    prom, _, _, _ = loaded
+    prom, *_ = loaded
     found = {}
     for name, query in dashboard_queries.variable_queries().items():
         m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
@@ -171,9 +175,33 @@ def test_variables_resolve(loaded):
     assert found["Cluster"] == []  # only KubeRay's PodMonitor adds ray_io_cluster
 
 
+def test_state_gauges_outlive_the_metrics_agent_ttl(loaded):
+    """Set once at reconfigure(), still exported 30 s later: Ray 2.60 drops a gauge series that is not re-recorded
+    (after ~20 s here), which deployments.metrics.StateGauge prevents."""
+    prom, _, _, _, deployed_at = loaded
+    time.sleep(max(0.0, deployed_at + 30 - time.time()))
+    for metric in ("ray_zimage_max_batch_size", "ray_zimage_tier_vram_gb", 'ray_zimage_memory_mode{mode="gpu"}'):
+        assert prom.query(metric), f"{metric} is no longer exported at the end of the run"
+    (cap,) = prom.query("ray_zimage_max_batch_size")
+    assert float(cap["value"][1]) == 2  # lowered from 8 by the injected OOMs (batches above 2)
+
+
+def test_means_use_exact_sums(loaded):
+    """Ray exports histogram _sum from bucket midpoints; the dashboard's means must not (batch 1 would read 0.5)."""
+    prom, *_ = loaded
+    images = float(prom.query("sum(ray_zimage_images_generated_total)")[0]["value"][1])
+    calls = float(prom.query("sum(ray_zimage_batch_size_count)")[0]["value"][1])
+    midpoint_sum = float(prom.query("sum(ray_zimage_batch_size_sum)")[0]["value"][1])
+    assert 1 <= images / calls <= 2, (images, calls)  # the injected OOMs cap batches at 2
+    assert midpoint_sum == images  # half-integer bucket bounds: each batch size is its bucket's midpoint
+    exact = prom.query("sum by (stage) (ray_zimage_stage_seconds_exact_total)")
+    assert {s["metric"]["stage"] for s in exact} == {"encode", "denoise", "decode"}
+    assert all(float(s["value"][1]) > 0 for s in exact)
+
+
 def test_serve_histograms_use_the_configured_buckets(loaded):
     """7500 ms is not a default Serve bucket: present only if the env var reached the proxy and replicas."""
-    prom, _, _, _ = loaded
+    prom, *_ = loaded
     for metric in ("ray_serve_http_request_latency_ms_bucket", "ray_serve_batch_wait_time_ms_bucket"):
         les = {s["metric"]["le"] for s in prom.query(f'{metric}{{application="zimage"}}')}
         assert "7500.0" in les and "300000.0" in les, f"{metric}: {sorted(les, key=float)}"
@@ -181,7 +209,7 @@ def test_serve_histograms_use_the_configured_buckets(loaded):
 
 def test_recording_rules_evaluate_on_real_series(loaded):
     """The rules' label matchers (deployment="Generator", error_code, status_code, route) fit what Ray exports."""
-    prom, start, end, _ = loaded
+    prom, start, end, *_ = loaded
     for record in (
         "zimage:images_generated:rate5m",
         "zimage:http_requests:rate5m",
