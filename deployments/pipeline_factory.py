@@ -37,7 +37,7 @@ def load_pipeline(source: ModelSource, device: str, dtype: torch.dtype) -> ZImag
             raise ModelSourceError(f"model source {source.label}: no model_index.json (not a diffusers pipeline dir)")
     try:
         pipe = ZImagePipeline.from_pretrained(
-            str(source.local_dir or source.hub_id), revision=source.revision, torch_dtype=dtype
+            str(source.local_dir or source.hub_id), revision=source.revision, dtype=dtype
         )
     except Exception as exc:  # from_pretrained raises many types (OSError, HTTP errors, ValueError)
         raise ModelSourceError(f"model source {source.label} could not be loaded: {exc}") from exc
