@@ -58,6 +58,10 @@ def _check_prompt(prompt: str, cfg: AppConfig) -> str:
     text = prompt.strip()
     if not text:
         raise InvalidRequest("prompt", "prompt must not be empty")
+    try:  # JSON may carry lone surrogates ("\ud800"): not text, and the tokenizer raises on them (a 500 otherwise)
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest("prompt", f"prompt is not valid Unicode text (character {exc.start})") from None
     if len(prompt) > cfg.limits.max_prompt_chars:
         raise InvalidRequest(
             "prompt",

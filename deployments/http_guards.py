@@ -1,13 +1,39 @@
-"""ASGI middleware that rejects before any parsing: oversized bodies (413) and missing API keys (401)."""
+"""ASGI middleware that rejects before any parsing: oversized bodies (413) and missing API keys (401).
+
+The Ingress constructor calls `configure_guard()` in its replica process; the middleware reads those settings on every
+request. They live in this module on purpose: Serve pickles a `@serve.ingress` class *by value*, so a global of
+deployments/ingress.py that the constructor sets is a copy, not the object the middleware reads (that bug once left
+the API key unchecked). This module is imported by reference on both sides. Until configured, requests get 503:
+the guard fails closed.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 OPEN_PATHS = frozenset({"/healthz"})
+
+
+@dataclass
+class GuardSettings:
+    max_body_bytes: int
+    api_key: str | None = None
+
+
+_SETTINGS: GuardSettings | None = None  # this process's settings, set by configure_guard()
+
+
+def configure_guard(max_body_bytes: int, api_key: str | None) -> None:
+    global _SETTINGS
+    _SETTINGS = GuardSettings(max_body_bytes, api_key or None)
+
+
+def current_guard() -> GuardSettings | None:
+    return _SETTINGS
 
 
 async def _send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -27,8 +53,10 @@ async def _send_json(send: Send, status: int, body: dict, headers: list[tuple[by
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, api_key: str | None):
-        self.app, self.max_body_bytes, self.api_key = app, max_body_bytes, api_key
+    """`settings=None`: use this process's settings from `configure_guard()` (503 until then)."""
+
+    def __init__(self, app: ASGIApp, settings: GuardSettings | None = None):
+        self.app, self.settings = app, settings
 
     def _error(self, message: str, type_: str, param: str | None = None, limit: int | None = None) -> dict:
         err = {"message": message, "type": type_, "param": param, "code": None}
@@ -39,19 +67,24 @@ class GuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        settings = self.settings or _SETTINGS
+        if settings is None:
+            return await _send_json(
+                send, 503, self._error("service is starting (request guard not configured)", "overloaded")
+            )
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
-        if self.api_key and path not in OPEN_PATHS:
+        if settings.api_key and path not in OPEN_PATHS:
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            token = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode("latin-1"), settings.api_key.encode()):
                 return await _send_json(
                     send,
                     401,
                     self._error("missing or invalid API key (Authorization: Bearer)", "authentication_error"),
                     [(b"www-authenticate", b"Bearer")],
                 )
-        limit = self.max_body_bytes
+        limit = settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _send_json(

@@ -27,7 +27,7 @@ from deployments.api_models import (
 )
 from deployments.config import AppConfig
 from deployments.errors import ApiError, GenerationFailed, Overloaded, install_error_handlers
-from deployments.http_guards import GuardMiddleware
+from deployments.http_guards import GuardMiddleware, configure_guard, current_guard
 from deployments.images import encode_png, encode_png_b64
 from deployments.metrics import IngressMetrics
 from deployments.schemas import GenerationResult, GenerationSpec
@@ -40,28 +40,7 @@ api = FastAPI(
     version="0.1.0",
 )
 install_error_handlers(api)
-
-
-class _GuardSettings:
-    """Filled by the Ingress constructor; read by the guard middleware on each request."""
-
-    max_body_bytes = 64 * 1024
-    api_key: str | None = None
-
-
-_guard = _GuardSettings()
-
-
-class _ConfiguredGuard(GuardMiddleware):
-    def __init__(self, app):
-        super().__init__(app, 0, None)
-
-    async def __call__(self, scope, receive, send):
-        self.max_body_bytes, self.api_key = _guard.max_body_bytes, _guard.api_key
-        return await super().__call__(scope, receive, send)
-
-
-api.add_middleware(_ConfiguredGuard)
+api.add_middleware(GuardMiddleware)  # settings: configure_guard() in Ingress.__init__ (see http_guards.py for why)
 
 
 def _headers(results: list[GenerationResult]) -> dict[str, str]:
@@ -88,10 +67,10 @@ class Ingress:
         self.cfg = AppConfig.model_validate(app_config)
         self.generator = generator
         self.metrics = IngressMetrics()
-        _guard.max_body_bytes = self.cfg.limits.max_body_bytes
-        _guard.api_key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
-        if self.cfg.api_key_env and not _guard.api_key:
+        api_key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        if self.cfg.api_key_env and not api_key:
             raise RuntimeError(f"api_key_env={self.cfg.api_key_env} is configured but that variable is empty")
+        configure_guard(self.cfg.limits.max_body_bytes, api_key)
 
     # ---- plumbing ------------------------------------------------------------------------------------------------
     async def _one(self, spec: GenerationSpec) -> GenerationResult:
@@ -191,12 +170,13 @@ class Ingress:
     async def info(self) -> dict:
         """Service configuration and one generator replica's batching state (tier, caps, memory mode)."""
         generator = await self.generator.info.remote()
+        guard = current_guard()  # what the middleware really enforces in this process
         return {
             "model_name": self.cfg.model_name,
             "model_source": self.cfg.model.label,
             "limits": self.cfg.limits.model_dump(),
             "defaults": self.cfg.defaults.model_dump(),
-            "auth": bool(_guard.api_key),
+            "auth": bool(guard and guard.api_key),
             "generator": generator,
         }
 
