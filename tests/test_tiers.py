@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,21 +16,23 @@ from deployments.batch_planning import MemoryClamp, group_by_shape, is_oom, run_
 from deployments.config import DEFAULT_TIERS, GeneratorUserConfig, MemoryMode, Tier
 from deployments.generator import ZImageGenerator
 from deployments.gpu_info import GpuInfo, probe_gpu
-from tests.serve_harness import tiny_config
+from tests.serve_harness import REPO, tiny_config
 
 MiB = 2**20
 GB = 1e9
 GROUP, TE, GPU = MemoryMode.GROUP_OFFLOAD, MemoryMode.TEXT_ENCODER_OFFLOAD, MemoryMode.GPU
 
-# (card, NVML total in MiB, expected batch size, expected memory mode): <=12 GB -> 4, 16 GB -> 8, >=24 GB -> 12.
+# (card, NVML total in MiB, expected batch size, expected memory mode) under DEFAULT_TIERS: <=12 GB -> 4 (DiT and
+# text encoder streamed), 16 GB -> 8 and 20-24 GB -> 12 (text encoder streamed), >=32 GB -> 12 (all resident).
 CARDS = [
     ("RTX 3070 8GB", 8192, 4, GROUP),
     ("RTX 3060 12GB", 12288, 4, GROUP),
     ("Tesla T4 16GB", 15360, 8, TE),
     ("RTX 4080 16GB", 16376, 8, TE),
-    ("RTX 4000 Ada 20GB", 20475, 8, TE),
-    ("L4 24GB", 23034, 12, GPU),
-    ("RTX 4090 24GB", 24564, 12, GPU),
+    ("RTX 4000 Ada 20GB", 20475, 12, TE),
+    ("L4 24GB", 23034, 12, TE),
+    ("RTX 4090 24GB", 24564, 12, TE),
+    ("RTX 5090 32GB", 32607, 12, GPU),
     ("A100 40GB", 40960, 12, GPU),
     ("H100 80GB", 81559, 12, GPU),
 ]
@@ -41,6 +44,23 @@ def test_default_tier_for_real_nvml_totals(card, total_mib, batch, mode):
     gpu = GpuInfo(name=card, total_bytes=total_mib * MiB, uuid="GPU-sim")
     tier = select_tier(gpu.total_gb, DEFAULT_TIERS)
     assert (tier.max_batch_size, tier.memory_mode) == (batch, mode), f"{card}: {gpu.total_gb:.2f} GB -> {tier}"
+
+
+def _shipped_user_config(name: str) -> GeneratorUserConfig:
+    config = yaml.safe_load((REPO / name).read_text())
+    (deployment,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "Generator"]
+    return GeneratorUserConfig.model_validate(deployment.get("user_config") or {})
+
+
+@pytest.mark.parametrize("card,total_mib,batch,mode", CARDS, ids=[c[0] for c in CARDS])
+def test_shipped_serve_config_tiers_agree(card, total_mib, batch, mode):
+    """serve_config.yaml repeats the tier table (so operators see it); it must place every card like the default."""
+    tier = select_tier(total_mib * MiB / 1e9, _shipped_user_config("serve_config.yaml").tiers)
+    assert (tier.max_batch_size, tier.memory_mode) == (batch, mode), f"{card}: {tier}"
+
+
+def test_cpu_serve_config_user_config_is_valid():
+    assert _shipped_user_config("serve_config.cpu.yaml").cpu_max_batch_size >= 1
 
 
 @pytest.mark.parametrize("gb,batch", [(8, 4), (12, 4), (16, 8), (24, 12), (40, 12), (80, 12)])
