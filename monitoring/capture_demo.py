@@ -2,7 +2,7 @@
 
 Starts a local Ray cluster with the tiny random model (settings of serve_config.cpu.yaml: autoscaling 1..2 Generator
 replicas), a Prometheus on the committed config, sends open-loop Poisson load in phases (with a few invalid
-requests), then calls monitoring.render_panels. About 4 minutes; needs ~3 CPU cores to keep up.
+requests), then calls monitoring.render_panels. About 5 minutes; needs ~3 CPU cores to keep up.
 
     python -m monitoring.capture_demo --http-port 18100 --prometheus-port 19190 --metrics-port 18190
 """
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 # The latency buckets `make serve` exports (Serve reads them when the cluster starts).
 BUCKETS_MS = re.search(r"RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS \?= ([\d,]+)", (REPO / "Makefile").read_text()).group(1)
-PHASES = ((40, 0.5), (80, 3.0), (60, 6.0), (40, 0.5))  # (seconds, requests per second)
+PHASES = ((30, 0.5), (60, 3.0), (100, 6.0), (40, 0.5))  # (seconds, requests per second)
 BAD_SHARE = 0.05
 
 
@@ -69,7 +69,7 @@ def deploy(http_port: int, metrics_port: int) -> str:
             "max_replicas": 2,
             "target_ongoing_requests": 4,
             "look_back_period_s": 10,
-            "upscale_delay_s": 10,
+            "upscale_delay_s": 5,
             "downscale_delay_s": 30,
         },
     }
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--png", type=Path, default=REPO / "docs/img/dashboard.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="zimage-prom-"))
     url = deploy(args.http_port, args.metrics_port)
     prom = start_prometheus(

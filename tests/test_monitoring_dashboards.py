@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from monitoring import dashboard, upload
+from monitoring import dashboard, dashboard_queries, render_panels, upload
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS_PY = REPO / "deployments" / "metrics.py"
+SNAPSHOT = REPO / "monitoring" / "snapshots" / "tiny-cpu.json"
 
 
 def _committed() -> dict[Path, dict]:
@@ -161,3 +162,20 @@ def test_upload_cli_needs_url_and_token():
         [sys.executable, "-m", "monitoring.upload"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "GRAFANA_TOKEN" in out.stderr
+
+
+def test_committed_snapshot_is_current_and_replots(tmp_path):
+    """docs/img/dashboard.png comes from this capture: real data for every main panel, with today's queries."""
+    snap = json.loads(SNAPSHOT.read_text())
+    assert snap["label"] == "tiny random model, CPU"
+    assert [p["title"] for p in snap["panels"]] == list(render_panels.MAIN_PANELS)
+    current = {(q.panel, q.ref_id): q.promql(rate_interval=snap["rate_interval"]) for q in dashboard_queries.load()}
+    for panel in snap["panels"]:
+        assert any(s["values"] for q in panel["queries"] for s in q["result"]), f"{panel['title']}: no data"
+        for q in panel["queries"]:
+            assert current[(panel["title"], q["ref_id"])] == q["promql"], (
+                f"{panel['title']} {q['ref_id']}: query changed since the capture: python -m monitoring.capture_demo"
+            )
+    png = tmp_path / "dashboard.png"
+    render_panels.main(["--from-snapshot", str(SNAPSHOT), "--png", str(png)])
+    assert png.stat().st_size > 50_000
