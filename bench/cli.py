@@ -229,6 +229,7 @@ def cmd_run(args) -> int:
     from bench.loadgen import LoadSpec, run_load
     from bench.progress import request_bar
     from bench.stats import request_stats
+    from bench.sweep import log_failures
     from bench.workload import Workload
 
     w, h = parse_size(args.size)
@@ -280,6 +281,7 @@ def cmd_run(args) -> int:
         extra = {"load_mode": args.mode, "concurrency": args.concurrency, "rate_rps": args.rate}
         run.data["telemetry"]["na"] = tel["na"]()
         run.add_row(key, stats, samples, extra, records)
+    log_failures([r for r in records if r["phase"] == "measure"])
     return _report_one(run.data, args.out)
 
 

@@ -7,6 +7,7 @@ it never attaches to, or stops, other clusters on the machine.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -30,8 +31,9 @@ class Service:
     startup_info: dict
 
 
-def load_config(path: str | Path, http_port: int | None = None, host: str = "127.0.0.1") -> dict:
-    cfg = yaml.safe_load(Path(path).read_text())
+def load_config(source: str | Path | dict, http_port: int | None = None, host: str = "127.0.0.1") -> dict:
+    """A Serve config file (or an already-loaded dict) with the HTTP host/port overridden."""
+    cfg = copy.deepcopy(source) if isinstance(source, dict) else yaml.safe_load(Path(source).read_text())
     http = cfg.setdefault("http_options", {})
     http["host"] = host
     if http_port is not None:
@@ -42,7 +44,7 @@ def load_config(path: str | Path, http_port: int | None = None, host: str = "127
 
 @contextmanager
 def launched_service(
-    config_path: str | Path,
+    config_path: str | Path | dict,
     http_port: int | None = None,
     dashboard_port: int = 8265,
     num_cpus: int | None = None,
@@ -70,7 +72,7 @@ def launched_service(
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         url = f"http://127.0.0.1:{port}"
         control = ServeControl(dashboard_url, url)
-        logger.info("deploying %s (http %s, dashboard %s)", config_path, url, dashboard_url)
+        logger.info("deploying %s (http %s, dashboard %s)", _name(config_path), url, dashboard_url)
         control.deploy(cfg)
         info = control.wait_ready(ready_timeout_s)
         logger.info("service ready: %s on %s", info.get("model_source"), (info.get("generator") or {}).get("device"))
@@ -82,6 +84,10 @@ def launched_service(
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _name(source) -> str:
+    return "a config dict" if isinstance(source, dict) else str(source)
 
 
 def _copy_serve_logs(dest: Path, max_bytes: int = 2_000_000) -> None:

@@ -73,7 +73,17 @@ run_serve() {
   return $rc
 }
 
+wait_gpu_free() {  # the serve part's replica must have released its ~40 GB before the baseline builds its model
+  [[ "$DEVICE" == cuda ]] || return 0
+  for _ in $(seq 60); do
+    [[ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null)" ]] && return 0
+    sleep 1
+  done
+  log "warning: GPU still has compute processes: $(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader)"
+}
+
 run_baseline() {
+  wait_gpu_free
   log "in-process baseline -> $OUT/baseline (budget ${BASE_BUDGET}s of rows)"
   local rc=0
   timeout -s INT -k 30 "$PART_TIMEOUT" "$PY" -m bench baseline --model "$MODEL" --device "$DEVICE" "${BASE_GRID[@]}" \

@@ -136,7 +136,19 @@ def _row(control: ServeControl, plan: SweepPlan, run: RunFile, sampler, key: dic
     }
     summary = run.add_row(key, stats, samples, extra, records)
     log_row(summary)
+    log_failures(measured_records)
     return summary
+
+
+def log_failures(records: list[dict]) -> None:
+    """Name what went wrong (status, error) so a failed GPU run can be read from its log."""
+    kinds: dict[tuple, int] = {}
+    for r in records:
+        if r["outcome"] != "ok":
+            k = (r["outcome"], r["status"], (r.get("error") or "")[:160])
+            kinds[k] = kinds.get(k, 0) + 1
+    for (outcome, status, error), n in kinds.items():
+        logger.warning("%d request(s) %s (HTTP %s): %s", n, outcome, status, error)
 
 
 def log_row(s: dict) -> None:

@@ -1,0 +1,134 @@
+"""Load driver properties that need a server whose slowness and failures we control.
+
+FAKE: a tiny local aiohttp server that sleeps or fails on purpose (the real service cannot be made to hold a request
+for exactly 1 s, or to fail every fourth one). The properties: open-loop sends keep their Poisson schedule while the
+server is slow (latency is measured from the scheduled time), the duration bound holds with requests still in
+flight, and sent = ok + rejected + errors with every kind of outcome present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from aiohttp import web
+
+from bench.loadgen import LoadSpec, run_load
+from bench.stats import request_stats
+from bench.workload import Workload
+
+
+class FakeServer:
+    """POST /generate: sleeps `delay_s`; with `by_seed`, seed % 4 picks 200 / 503 / 500 / hang."""
+
+    def __init__(self, delay_s: float = 0.0, by_seed: bool = False):
+        self.delay_s, self.by_seed = delay_s, by_seed
+        self.arrivals: list[float] = []
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.time())
+        body = await request.json()
+        kind = body["seed"] % 4 if self.by_seed else 0
+        if kind == 1:
+            return web.json_response({"error": {"code": "queue_full"}}, status=503, headers={"Retry-After": "1"})
+        if kind == 2:
+            return web.json_response({"error": {"code": "internal"}}, status=500)
+        await asyncio.sleep(30 if kind == 3 else self.delay_s)
+        headers = {"X-Batch-Size": "3", "X-Inference-Ms": "812.5", "X-Queue-Wait-Ms": "4.0", "X-Peak-Memory-MB": "0"}
+        return web.Response(body=b"\x89PNG fake", content_type="image/png", headers=headers)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/generate", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self._started.set()
+        self._loop.run_forever()
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+WORKLOAD = Workload(width=256, height=256, steps=8)
+
+
+def test_open_loop_keeps_its_schedule_while_the_server_is_slow():
+    spec = LoadSpec(mode="open", rate=20.0, requests=20, duration_s=10.0, drain_s=10.0, arrival_seed=7)
+    with FakeServer(delay_s=1.0) as server:
+        phases = run_load(server.url, WORKLOAD, spec)
+    recs = [r.as_dict() for r in phases["measure"].records]
+    assert len(recs) == 20 and all(r["outcome"] == "ok" for r in recs)
+    t0 = phases["measure"].start_t
+    offsets = [r["scheduled_t"] - t0 for r in sorted(recs, key=lambda r: r["index"])]
+    from bench.loadgen import LoadDriver
+
+    expected = LoadDriver("http://x", WORKLOAD, spec).arrival_offsets(20.0, 20)
+    assert offsets == pytest.approx(expected, abs=0.01)  # the seeded Poisson schedule, not the server's pace
+    assert expected[-1] < 3.0  # 20 arrivals at 20/s: all scheduled well before 20 x 1 s of serial service
+    assert max(r["sent_t"] - r["scheduled_t"] for r in recs) < 0.25  # sent on time although each answer takes 1 s
+    assert max(r["sent_t"] for r in recs) < min(r["done_t"] for r in recs) + 2.0
+    assert all(r["latency_s"] >= 1.0 for r in recs)  # measured from the schedule, includes the full service time
+    assert request_stats(recs)["batch_latency_s"] == pytest.approx(0.8125)
+
+
+def test_closed_loop_would_hide_the_same_slowness():
+    """Contrast: one closed-loop client only ever sends when the previous answer came back (coordinated omission)."""
+    spec = LoadSpec(mode="closed", concurrency=1, requests=20, duration_s=2.5, drain_s=5.0)
+    with FakeServer(delay_s=1.0) as server:
+        phases = run_load(server.url, WORKLOAD, spec)
+    recs = phases["measure"].records
+    assert 2 <= len(recs) <= 3 and all(r.latency_s < 1.5 for r in recs)
+
+
+def test_duration_bound_holds_and_cancelled_requests_count_as_errors():
+    spec = LoadSpec(mode="closed", concurrency=3, requests=100, duration_s=0.5, drain_s=0.5, timeout_s=60)
+    with FakeServer(delay_s=5.0) as server:
+        start = time.monotonic()
+        phases = run_load(server.url, WORKLOAD, spec)
+        elapsed = time.monotonic() - start
+    assert elapsed < 0.5 + 0.5 + 0.5  # duration + drain + slack; the server would have taken 5 s
+    s = request_stats([r.as_dict() for r in phases["measure"].records])
+    assert s["sent"] == 3 and s["ok"] == 0 and s["errors"] == 3
+    assert {r.outcome for r in phases["measure"].records} == {"cancelled"}
+
+
+def test_counts_reconcile_with_every_outcome():
+    """seed % 4: 0 ok, 1 -> 503 (rejected), 2 -> 500 (error), 3 -> hangs past the client timeout (error)."""
+    workload = Workload(width=256, height=256, steps=8, mode="varied", seed=0)  # seeds 0, 1, 2, ...
+    spec = LoadSpec(mode="closed", concurrency=4, requests=20, duration_s=30, timeout_s=0.5, warmup_requests=4)
+    with FakeServer(delay_s=0.05, by_seed=True) as server:
+        phases = run_load(server.url, workload, spec)
+        arrivals = len(server.arrivals)
+    assert len(phases["warmup"].records) == 4  # seeds 0-3, excluded from the measured phase
+    recs = [r.as_dict() for r in phases["measure"].records]
+    s = request_stats(recs)
+    assert (s["sent"], s["ok"], s["rejected"], s["errors"]) == (20, 5, 5, 10)
+    assert s["sent"] == s["ok"] + s["rejected"] + s["errors"] and arrivals == 24
+    assert {r["outcome"] for r in recs} == {"ok", "rejected", "error", "timeout"}
+    ok = [r for r in recs if r["outcome"] == "ok"]
+    assert all(r["batch_size"] == 3 and r["inference_ms"] == 812.5 and r["status"] == 200 for r in ok)
+    assert all(r["status"] == 503 for r in recs if r["outcome"] == "rejected")

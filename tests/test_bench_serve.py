@@ -1,0 +1,108 @@
+"""The bench against the real service: real Ray Serve on CPU (tiny random model), deployed from a config through
+the Serve REST API exactly as `bench sweep --launch` does, reconfigured live between rows.
+
+Checks: the observed X-Batch-Size follows the live max_batch_size change with the same replica process; counts
+reconcile when the bounded queue rejects (real 503s); `bench run` (open loop) and `bench baseline` + `bench report`
+produce their files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench.cli import main
+from bench.launcher import REPO, launched_service, load_config
+from bench.loadgen import LoadSpec, run_load
+from bench.report import write_run_report
+from bench.results import RunFile
+from bench.stats import request_stats
+from bench.sweep import SweepPlan, run_sweep
+from bench.workload import Workload
+
+HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT", "18000"))
+DASHBOARD_PORT = int(os.environ.get("ZIMAGE_TEST_DASHBOARD_PORT", str(HTTP_PORT + 65)))
+
+
+def _config() -> dict:
+    cfg = load_config(REPO / "bench/configs/cpu_smoke.yaml", HTTP_PORT)
+    gen = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "Generator")
+    gen["max_ongoing_requests"], gen["max_queued_requests"] = 8, 8  # small bounded queue: overload -> 503
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def service():
+    with launched_service(_config(), dashboard_port=DASHBOARD_PORT, num_cpus=4, ready_timeout_s=300) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def sweep(service, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    plan = SweepPlan(grid=[(256, 256, [1, 4])], batches=2, warmup_batches=1, warmup_steps=1, min_requests=4)
+    run = RunFile(out / "serve_sweep.json", "serve_sweep", "served", "random:tiny", {"gpu": {}}, plan.describe())
+    run.set(service=service.startup_info)
+    run_sweep(service.control, plan, run, sampler=None)
+    return run
+
+
+def test_live_reconfigure_changes_the_observed_batch_size(service, sweep):
+    rows = {r["summary"]["batch_size"]: r for r in sweep.data["rows"]}
+    assert set(rows) == {1, 4}
+    for bs, row in rows.items():
+        s = row["summary"]
+        bad = [(r["outcome"], r["status"], r["error"]) for r in row["requests"] if r["outcome"] != "ok"]
+        assert s["ok"] == s["sent"] > 0, bad
+        assert s["effective_max_batch"] == bs
+        assert s["replica_restarted"] is False
+    seen = {bs: [r["batch_size"] for r in row["requests"] if r["phase"] == "measure"] for bs, row in rows.items()}
+    assert set(seen[1]) == {1}
+    assert max(seen[4]) == 4 and rows[4]["summary"]["mean_batch_size"] > 1.5
+    start_pid = service.startup_info["generator"]["pid"]
+    info = service.control.info()["generator"]
+    assert info["pid"] == start_pid  # reconfigure(), not a new replica
+    assert info["user_config"]["max_batch_size"] == 1  # the sweep restored the deployed value
+
+
+def test_sweep_json_and_report(sweep, tmp_path):
+    data = json.loads(sweep.path.read_text())
+    assert len(data["rows"]) == 2 and data["model_source"] == "random:tiny"
+    paths = write_run_report(data, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "## 256x256, 8 steps" in md and "| 4 |" in md and "n/a" in md  # CPU: telemetry columns are n/a
+    assert all(paths[k].stat().st_size > 0 for k in ("plot_throughput", "plot_vram", "plot_latency_cdf"))
+
+
+def test_counts_reconcile_when_the_queue_rejects(service):
+    service.control.set_max_batch_size(2)
+    spec = LoadSpec(mode="closed", concurrency=24, requests=24, duration_s=120, timeout_s=120)
+    phases = run_load(service.url, Workload(256, 256, 8), spec)
+    recs = [r.as_dict() for r in phases["measure"].records]
+    s = request_stats(recs)
+    assert s["sent"] == 24 == s["ok"] + s["rejected"] + s["errors"]
+    assert s["ok"] > 0 and s["rejected"] > 0 and s["errors"] == 0  # 8 ongoing + 8 queued fit; the rest get 503
+    assert {r["status"] for r in recs if r["outcome"] == "rejected"} == {503}
+
+
+def test_cli_open_loop_run(service, tmp_path):
+    argv = ["run", "--url", service.url, "--mode", "open", "--rate", "4", "--requests", "6", "--warmup-requests", "1"]
+    assert main([*argv, "--size", "256", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "load.json").read_text())
+    s = data["rows"][0]["summary"]
+    assert s["ok"] == s["sent"] == 6 and s["offered_rate_rps"] > 0
+    assert (tmp_path / "load.md").exists() and (tmp_path / "load_latency_cdf.png").exists()
+
+
+def test_baseline_and_comparison_report(sweep, tmp_path):
+    argv = ["baseline", "--model", "random:tiny", "--device", "cpu", "--grid", "256=1,4", "--repeats", "1"]
+    assert main([*argv, "--warmup-steps", "1", "--out", str(tmp_path / "b")]) == 0
+    base = json.loads((tmp_path / "b/baseline.json").read_text())
+    assert [r["summary"]["images"] for r in base["rows"]] == [1, 4]
+    argv = ["report", "--serve", str(sweep.path), "--baseline", str(tmp_path / "b/baseline.json")]
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r/report.md").read_text()
+    assert "| 256x256 | 1 |" in report and "| 256x256 | 4 |" in report
+    assert (tmp_path / "r/compare_throughput.png").exists() and (tmp_path / "r/comparison.csv").exists()
