@@ -157,7 +157,7 @@ class ZImageGenerator:
         place_pipeline(pipe, mode, self.device)
         if self.cfg.emulate_vram_gb:
             self._emulate_vram(self.cfg.emulate_vram_gb)
-        self.runner = ZImageRunner(pipe)
+        self.runner = ZImageRunner(pipe, batch_encode=self.device == "cuda")
         if self.cfg.compile and self.device == "cuda":
             compile_dit(pipe, mode, self.cfg.compile_cache_dir)
         self.state.memory_mode = mode
