@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 
 from deployments.gpu_telemetry import GpuSample, GpuSampler
 
@@ -16,10 +17,19 @@ logger = logging.getLogger(__name__)
 
 
 class BenchGpuSampler(GpuSampler):
-    """GpuSampler that keeps the basic NVML readings when a GPM read fails (the base class drops the whole sample)."""
+    """GpuSampler for the bench: NVML readings at `hz`, GPM at most every `gpm_min_interval_s`, and a failed GPM read
+    keeps the NVML readings (the base class drops the whole sample).
 
-    gpm_errors = 0
-    gpm_last_error: str | None = None
+    NVML documents that two GPM samples should be more than 100 ms apart (the counters' refresh rate), so at 10 Hz
+    the SM/tensor activity comes from every other sample (200 ms intervals); window means skip the samples without.
+    """
+
+    def __init__(self, handle, hz: float = 10.0, gpm_min_interval_s: float = 0.2, **kwargs):
+        super().__init__(handle, hz=hz, **kwargs)
+        self.gpm_min_interval_s = gpm_min_interval_s
+        self.gpm_errors = 0
+        self.gpm_last_error: str | None = None
+        self._gpm_last = time.monotonic()  # _Gpm took its first sample in the constructor
 
     def sample(self) -> GpuSample:
         gpm, self._gpm = self._gpm, None
@@ -27,7 +37,9 @@ class BenchGpuSampler(GpuSampler):
             s = super().sample()
         finally:
             self._gpm = gpm
-        if gpm is not None:
+        now = time.monotonic()
+        if gpm is not None and now - self._gpm_last >= self.gpm_min_interval_s:
+            self._gpm_last = now
             try:
                 for key, value in gpm.read().items():
                     setattr(s, key, value)
