@@ -81,6 +81,7 @@ def _call(pipe, device: str, prompt: str, seed: int, bs: int, w: int, h: int, st
 def run_baseline(plan: BaselinePlan, pipe, device: str, run: RunFile, sampler=None) -> None:
     start = time.monotonic()
     last_s_per_px: float | None = None
+    failures = 0
     for w, h, sizes in plan.grid:
         oomed = False
         for bs in sizes:
@@ -102,6 +103,14 @@ def run_baseline(plan: BaselinePlan, pipe, device: str, run: RunFile, sampler=No
                 torch.cuda.empty_cache()
                 run.skip(key, f"CUDA out of memory: {str(exc).splitlines()[0][:200]}")
                 continue
+            except Exception as exc:  # record and go on; a sticky CUDA error will fail the next row too
+                logger.exception("row %s failed", key)
+                run.skip(key, f"row failed: {type(exc).__name__}: {exc}"[:500])
+                failures += 1
+                if failures >= 2:
+                    raise RuntimeError("two rows in a row failed; stopping the baseline") from exc
+                continue
+            failures = 0
             if summary.get("s_per_image"):
                 last_s_per_px = summary["s_per_image"] / (w * h)
 

@@ -179,12 +179,16 @@ def cmd_sweep(args) -> int:
             settings,
         )
         run.set(service=info)
+        failed = False
         try:
             run_sweep(control, plan, run, tel["sampler"])
+        except Exception:  # keep and report the rows measured so far
+            logger.exception("sweep stopped early")
+            failed = True
         finally:
             run.data["telemetry"]["na"] = tel["na"]()
             run.save()
-    return _report_one(run.data, args.out)
+    return _report_one(run.data, args.out) or int(failed)
 
 
 def cmd_baseline(args) -> int:
@@ -214,13 +218,17 @@ def cmd_baseline(args) -> int:
         environment.capture(args.gpu_index),
         settings,
     )
+    failed = False
     with _sampler(args) as tel:
         try:
             run_baseline(plan, pipe, device, run, tel["sampler"])
+        except Exception:  # keep and report the rows measured so far
+            logger.exception("baseline stopped early")
+            failed = True
         finally:
             run.data["telemetry"]["na"] = tel["na"]()
             run.save()
-    return _report_one(run.data, args.out)
+    return _report_one(run.data, args.out) or int(failed)
 
 
 def cmd_run(args) -> int:

@@ -19,6 +19,7 @@ from bench.stats import request_stats
 from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED, Workload
 
 logger = logging.getLogger(__name__)
+MAX_CONSECUTIVE_FAILURES = 2
 
 
 @dataclass
@@ -83,6 +84,7 @@ class _Budget:
 def run_sweep(control: ServeControl, plan: SweepPlan, run: RunFile, sampler=None) -> None:
     original = (control.info()["generator"].get("user_config") or {}).get("max_batch_size")
     budget = _Budget(plan)
+    failures = 0
     try:
         for w, h, sizes in plan.grid:
             for bs in sizes:
@@ -91,7 +93,16 @@ def run_sweep(control: ServeControl, plan: SweepPlan, run: RunFile, sampler=None
                 if reason:
                     run.skip(key, reason)
                     continue
-                summary = _row(control, plan, run, sampler, key)
+                try:
+                    summary = _row(control, plan, run, sampler, key)
+                except Exception as exc:  # one bad row must not cost the others; two in a row: the service is gone
+                    logger.exception("row %s failed", key)
+                    run.skip(key, f"row failed: {type(exc).__name__}: {exc}"[:500])
+                    failures += 1
+                    if failures >= MAX_CONSECUTIVE_FAILURES:
+                        raise RuntimeError(f"{failures} rows in a row failed; stopping the sweep") from exc
+                    continue
+                failures = 0
                 budget.record(w, h, summary.get("s_per_image"))
     finally:
         try:
