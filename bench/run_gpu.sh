@@ -49,11 +49,17 @@ log() { echo "[run_gpu.sh $(date +%H:%M:%S)] $*" >&2; }
 preflight() {
   log "part=$PART smoke=$SMOKE out=$OUT config=$CONFIG"
   "$PY" - "$DEVICE" <<'PY' 2>&1 | tee "$OUT/preflight.txt"
-import importlib.metadata as md, sys
+import importlib, importlib.metadata as md, sys
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-for p in ("diffusers", "transformers", "ray", "aiohttp", "nvidia-ml-py", "matplotlib"):
-    print(p, md.version(p))
+for p in ("diffusers", "transformers", "ray", "aiohttp", "nvidia-ml-py", "pynvml", "matplotlib", "tqdm", "rich"):
+    try:
+        print(p, md.version(p))
+    except md.PackageNotFoundError:
+        print(p, "not installed")
+for mod in ("aiohttp", "httpx", "matplotlib", "tqdm", "rich", "yaml", "pynvml", "ray.serve", "diffusers"):
+    importlib.import_module(mod)  # fail here, not halfway through the sweep
+from ray.dashboard.modules.serve.sdk import ServeSubmissionClient  # noqa: F401  (live reconfigure needs it)
 if sys.argv[1] == "cuda":
     assert torch.cuda.is_available(), "no CUDA device visible to torch"
     print("gpu", torch.cuda.get_device_name(0), round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1), "GiB")
@@ -65,7 +71,7 @@ run_serve() {
   log "serve sweep -> $OUT/serve (budget ${SERVE_BUDGET}s of rows)"
   local rc=0
   timeout -s INT -k 30 "$PART_TIMEOUT" "$PY" -m bench sweep --launch "$CONFIG" \
-    --http-port "$HTTP_PORT" --dashboard-port "$DASH_PORT" "${CPUS[@]}" "${SERVE_GRID[@]}" \
+    --http-port "$HTTP_PORT" --dashboard-port "$DASH_PORT" ${CPUS[@]+"${CPUS[@]}"} "${SERVE_GRID[@]}" \
     --steps 8 --batches 3 --warmup-batches 1 --warmup-steps 1 --min-requests 4 --clients-per-batch 2 \
     --row-timeout-s "$ROW_TIMEOUT" --budget-s "$SERVE_BUDGET" --timeout-s 300 --out "$OUT/serve" || rc=$?
   if [[ -f "$OUT/serve/serve_sweep.json" ]]; then cp "$OUT/serve/serve_sweep.json" "$STATE/serve_sweep.json"; fi
