@@ -93,6 +93,7 @@ class GpuSampler:
                 self._gpm = _Gpm(handle)
             except pynvml.NVMLError as exc:
                 self.gpm_reason = f"NVML GPM sampling failed: {exc}"
+        self.gpm_failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
 
@@ -116,8 +117,12 @@ class GpuSampler:
             energy_mj=int(pynvml.nvmlDeviceGetTotalEnergyConsumption(h)),
         )
         if self._gpm is not None:
-            for key, value in self._gpm.read().items():
-                setattr(s, key, value)
+            try:  # a failed GPM read must not drop the NVML readings of this sample
+                for key, value in self._gpm.read().items():
+                    setattr(s, key, value)
+            except pynvml.NVMLError as exc:
+                self.gpm_failures += 1
+                logger.debug("GPM read failed: %s", exc)
         return s
 
     def _loop(self) -> None:
