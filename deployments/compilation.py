@@ -1,9 +1,10 @@
 """torch.compile of the DiT's repeated transformer blocks, with a persistent Inductor cache.
 
 Eager Z-Image spends ~half of the DiT's GPU time in unfused elementwise kernels (fp32 casts, RMSNorm, adaLN, RoPE);
-Inductor fuses them. `dynamic=True` compiles one graph for all batch sizes and caption lengths up front, instead of a
-recompile per new shape (with `dynamic=False` every new batch size or caption length pays ~10 s, and after the
-recompile limit Dynamo silently falls back to eager).
+Inductor fuses them. `dynamic=True` gives one graph for batch 1 (Dynamo specializes size-1 dims) and one for all
+larger batches and caption lengths, instead of a recompile per new shape (with static shapes every new batch size or
+caption length pays ~10 s, and after the recompile limit Dynamo silently falls back to eager). The replica's start-up
+measurement runs batch 1 and 2, which compiles both before traffic arrives.
 """
 
 from __future__ import annotations
