@@ -29,7 +29,16 @@ def make_app(
         health_check_timeout_s=60,
     )
     generator = serve.deployment(ZImageGenerator, **{**generator_defaults, **(generator_options or {})})
-    ingress_defaults = dict(name="Ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
+    ingress_defaults = dict(
+        name="Ingress",
+        max_ongoing_requests=512,
+        ray_actor_options={"num_cpus": 0},
+        # Bounded here too, so the proxy never becomes the unbounded queue (its 503s carry Retry-After as well).
+        max_queued_requests=1024,
+        backpressure_config={"retry_after_s": config.retry_after_s},
+        # An ingress replica holds requests as long as the generator does (queue + batch): drain for as long.
+        graceful_shutdown_timeout_s=generator_defaults["graceful_shutdown_timeout_s"],
+    )
     ingress = serve.deployment(Ingress, **{**ingress_defaults, **(ingress_options or {})})
     return ingress.bind(args, generator.bind(args, pipeline_factory))
 

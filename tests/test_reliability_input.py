@@ -36,6 +36,7 @@ KEY_ENV = "ZIMAGE_RELIABILITY_API_KEY"
 KEY = secrets.token_urlsafe(24)
 AUTH = {"Authorization": f"Bearer {KEY}"}
 POST_ROUTES = ("/generate", "/v1/images/generations")
+BODY_LIMIT = 40_000  # not the default (64 KiB): proves the configured limit reaches the middleware
 FUZZ_EXAMPLES = int(os.environ.get("ZIMAGE_FUZZ_EXAMPLES", "60"))  # per operation and mode; ~40 s in all
 MIXED_PROMPTS = [
     "一只红色跑车停在山路上，夕阳 sunset 4k",
@@ -48,7 +49,8 @@ MIXED_PROMPTS = [
 
 def _deploy(**overrides) -> None:
     """serve_harness.deploy() polls /info without a key; here /info needs one."""
-    app = make_app(serve_harness.tiny_config(api_key_env=KEY_ENV, **overrides))
+    limits = {"max_side": 512, "max_steps": 16, "max_images_per_request": 4, "max_body_bytes": BODY_LIMIT}
+    app = make_app(serve_harness.tiny_config(api_key_env=KEY_ENV, limits=limits, **overrides))
     serve.run(app, name="zimage", route_prefix="/", blocking=False)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -187,13 +189,13 @@ def test_lone_surrogates_are_a_422_not_a_500(http, prompt):
 
 
 def test_oversized_bodies_get_413(http):
-    limit = 64 * 1024
+    limit = BODY_LIMIT
     big = json.dumps({"prompt": "x" * (limit + 10)}).encode()
     resp = http.post("/generate", content=big, headers={**AUTH, "content-type": "application/json"})
     assert resp.status_code == 413 and resp.json()["error"]["limit"] == limit
 
     def chunked():  # no Content-Length: the guard must count what it reads
-        for _ in range(80):
+        for _ in range(50):
             yield b"x" * 1024
 
     resp = http.post("/v1/images/generations", content=chunked(), headers={**AUTH, "content-type": "application/json"})

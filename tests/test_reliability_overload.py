@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from tests import reliability_loadgen as lg
+from tests import serve_harness
+from tests.http_client import post_concurrently
 
 # Batches of 4, two batches' worth at the replica, two more queued at the ingress's handle.
 GEN = {"max_ongoing_requests": 8, "max_queued_requests": 8, "user_config": {"cpu_max_batch_size": 4}}
@@ -95,3 +97,19 @@ def test_overload_sheds_excess_with_fast_503_and_loses_nothing(service):
     # The service stayed up, and still serves after the storm.
     assert figures["healthz"]["ok"] == len(health) and figures["healthz"]["max_s"] < 2.0
     assert httpx.post(f"{service}/generate", json={**PAYLOAD, "prompt": "after"}, timeout=30).status_code == 200
+
+
+def test_the_proxy_is_bounded_too(service):
+    """With a tiny ingress (2 ongoing + 2 queued) and a roomy generator, the excess is refused by the Serve proxy
+    itself: 503 + Retry-After (from the ingress's backpressure_config), nothing queued without bound, nothing lost."""
+    serve_harness.deploy(
+        serve_harness.tiny_config(),
+        generator_options={"max_ongoing_requests": 64, "max_queued_requests": 64},
+        ingress_options={"max_ongoing_requests": 2, "max_queued_requests": 2},
+    )
+    responses = post_concurrently("/generate", [{"prompt": f"car {i}"} for i in range(24)])
+    statuses = [r.status_code for r in responses]
+    rejected = [r for r in responses if r.status_code == 503]
+    lg.save_result("proxy_bound", {"statuses": {s: statuses.count(s) for s in set(statuses)}})
+    assert set(statuses) == {200, 503} and len(rejected) >= 24 - 4 - 8, statuses
+    assert all(r.headers.get("retry-after") == "2" for r in rejected), [dict(r.headers) for r in rejected[:1]]
