@@ -15,11 +15,12 @@ import os
 from diffusers import ZImagePipeline
 
 from deployments.config import MemoryMode
+from deployments.real_rope import use_real_rope
 
 logger = logging.getLogger(__name__)
 
 
-def compile_dit(pipe: ZImagePipeline, mode: MemoryMode, cache_dir: str | None) -> bool:
+def compile_dit(pipe: ZImagePipeline, mode: MemoryMode, cache_dir: str | None, real_rope: bool = True) -> bool:
     """Compile in place; returns False where compile does not apply (streamed DiT under group offloading)."""
     if mode is MemoryMode.GROUP_OFFLOAD:
         logger.info("compile skipped: the DiT is streamed block by block in group_offload mode")
@@ -29,6 +30,8 @@ def compile_dit(pipe: ZImagePipeline, mode: MemoryMode, cache_dir: str | None) -
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # FX graph + autotune caches persist across replicas
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    if real_rope:
+        use_real_rope(pipe.transformer)  # Inductor cannot fuse the complex-multiply RoPE
     pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
     logger.info("DiT repeated blocks compiled (dynamic shapes; cache %s)", cache_dir or "default")
     return True

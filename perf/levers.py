@@ -107,9 +107,12 @@ def main() -> None:
             if lever == "compile":  # what DESIGN.md tried: static shapes, one recompile per new batch size
                 torch._dynamo.reset()
                 pipe.transformer.compile_repeated_blocks(fullgraph=True)
-            if lever == "compile_dynamic":  # what the service does (deployments.compilation)
+            if lever == "compile_dynamic":  # dynamic shapes, diffusers' complex-multiply RoPE
                 torch._dynamo.reset()
-                compile_dit(pipe, MemoryMode.GPU, None)
+                compile_dit(pipe, MemoryMode.GPU, None, real_rope=False)
+            if lever == "compile_real_rope":  # what the service does (deployments.compilation)
+                torch._dynamo.reset()
+                compile_dit(pipe, MemoryMode.GPU, None, real_rope=True)
             if lever == "cudnn":
                 pipe.transformer.set_attention_backend("_native_cudnn")
             for bs in args.batch:

@@ -10,7 +10,7 @@ case "${1:-}" in
     timeout 560 python -m perf.emulate_tiers --out "$OUT/tiers.json" > "$OUT/tiers.log" 2>&1 ;;
   levers)
     TORCH_LOGS=recompiles,graph_breaks timeout 330 python -m perf.levers --out "$OUT/levers.json" --batch 1 8 \
-      --levers runner compile_dynamic > "$OUT/levers.log" 2>&1 || echo "levers exit $?"
+      --levers runner compile_dynamic compile_real_rope > "$OUT/levers.log" 2>&1 || echo "levers exit $?"
     rm -rf /tmp/zimage-cold-cache
     timeout 120 python -m perf.cold_start --cache-dir /tmp/zimage-cold-cache --out "$OUT/cold_start_empty_cache.json"
     timeout 120 python -m perf.cold_start --cache-dir /tmp/zimage-cold-cache --out "$OUT/cold_start_warm_cache.json" ;;
