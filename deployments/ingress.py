@@ -61,6 +61,15 @@ def _headers(results: list[GenerationResult]) -> dict[str, str]:
     }
 
 
+# Route methods run from a copy of `api` that @serve.ingress pickles *by value when this module is imported*: every
+# global they use must be defined above this point, and mutable module state set at run time is not shared with them.
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside Serve
+        return f"local-{os.getpid()}"
+
+
 @serve.ingress(api)
 class Ingress:
     def __init__(self, app_config: dict, generator: DeploymentHandle):
@@ -177,6 +186,7 @@ class Ingress:
             "limits": self.cfg.limits.model_dump(),
             "defaults": self.cfg.defaults.model_dump(),
             "auth": bool(guard and guard.api_key),
+            "ingress": {"replica": _replica_id(), "pid": os.getpid()},
             "generator": generator,
         }
 
