@@ -33,18 +33,20 @@ def service():
     serve_harness.stop_cluster()
 
 
-def scrape(name: str) -> float | None:
-    """Sum of a metric's samples on Ray's Prometheus endpoint (None if not exported yet)."""
+def scrape(name: str, agg=sum) -> float | None:
+    """A metric's samples on Ray's Prometheus endpoint, aggregated (None if not exported yet).
+
+    Counters are summed; gauges take `max` - the same gauge can appear under more than one label set."""
     text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
     values = [float(m[1]) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
-    return sum(values) if values else None
+    return agg(values) if values else None
 
 
-def wait_metric(name: str, predicate, timeout_s: float = 40) -> float | None:
+def wait_metric(name: str, predicate, timeout_s: float = 40, agg=sum) -> float | None:
     """Replicas push metrics to the node's agent every few seconds: poll until the value satisfies `predicate`."""
     deadline, value = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
-        value = scrape(name)
+        value = scrape(name, agg)
         if value is not None and predicate(value):
             break
         time.sleep(1)
@@ -65,7 +67,7 @@ def test_oom_in_a_batch_splits_succeeds_lowers_the_cap_and_is_counted(service):
     burst, steady = asyncio.run(_burst_then_steady())
     info = httpx.get(f"{service}/info", timeout=10).json()["generator"]["batching"]
     splits = wait_metric("ray_zimage_oom_splits_total", lambda v: v >= info["oom_splits"] > 0)
-    max_batch = wait_metric("ray_zimage_max_batch_size", lambda v: v == OOM_ABOVE)
+    max_batch = wait_metric("ray_zimage_max_batch_size", lambda v: v == OOM_ABOVE, agg=max)
     figures = {
         "oom_above": OOM_ABOVE,
         "burst": lg.summarize(burst),
