@@ -1,8 +1,8 @@
 """Soak: 10 minutes of open-loop load at ~80% of the measured capacity (tiny model on CPU, real Serve, real HTTP).
 
-What must hold: no errors and no rejections, latency does not drift (last minute vs first minute), and the resident
-memory of the Generator replica, the Ingress replica and the Serve proxy stays flat after warm-up (growth bound
-below). Slow: excluded by default; run with
+What must hold: no errors and no rejections, latency does not drift (last minute vs first minute), and the private
+resident memory (RssAnon) of the Generator replica, the Ingress replica and the Serve proxy stays flat after warm-up
+(growth bound below; total RSS and its shared object-store part are recorded too). Slow: excluded by default; run with
   ZIMAGE_RESULTS_DIR=tests/results/reliability ZIMAGE_TEST_HTTP_PORT=18300 python3 -m pytest -m slow \
       tests/test_reliability_soak.py
 (ZIMAGE_SOAK_S shortens it for a try-out.)
@@ -25,7 +25,10 @@ SOAK_S = float(os.environ.get("ZIMAGE_SOAK_S", "600"))
 LOAD_FACTOR = 0.8
 SAMPLE_EVERY_S = 10.0
 WARMUP_S = 60.0  # allocator pools, lazily imported code and caches fill in the first minute: growth counts after it
-RSS_GROWTH_BOUND_MB = 64.0  # per process, from the end of warm-up to the end
+# Private RSS (RssAnon) per process, end of warm-up -> end. Measured: ~50 MB for the Generator in 10 min, mostly free
+# memory glibc keeps (malloc_trim gives 30-50 MB back; Python's heap grows < 2 MB, per tracemalloc). A leak of one
+# 256x256 image per request would be ~1.2 GB here, so the bound still catches per-request leaks.
+RSS_GROWTH_BOUND_MB = 128.0
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(SOAK_S) + 300)]
 
 
@@ -46,11 +49,22 @@ def _processes() -> dict[str, psutil.Process]:
     return procs
 
 
+def _memory_mb(pid: int) -> dict[str, float]:
+    """RSS and its parts: RssAnon is the process's private memory (where a leak shows); RssShmem/RssFile include
+    pages of Ray's shared-memory object store that the process touched (results > 100 KB travel through it)."""
+    fields = {}
+    for line in open(f"/proc/{pid}/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
 async def _sample_rss(procs: dict[str, psutil.Process], t0: float, stop: asyncio.Event) -> list[dict]:
     samples = []
     while not stop.is_set():
         row = {"t_s": round(time.perf_counter() - t0, 1)}
-        row.update({name: p.memory_info().rss / 2**20 for name, p in procs.items()})
+        row.update({name: _memory_mb(p.pid) for name, p in procs.items()})
         samples.append(row)
         try:
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
@@ -80,11 +94,14 @@ def test_soak_at_80_percent_of_capacity(service):
     names = [k for k in rss[0] if k != "t_s"]
     memory = {
         n: {
-            "start_mb": rss[0][n],
-            "after_warmup_mb": after_warmup[n],
-            "end_mb": rss[-1][n],
-            "max_mb": max(r[n] for r in rss),
-            "growth_after_warmup_mb": rss[-1][n] - after_warmup[n],
+            kind: {
+                "start_mb": rss[0][n][kind],
+                "after_warmup_mb": after_warmup[n][kind],
+                "end_mb": rss[-1][n][kind],
+                "max_mb": max(r[n][kind] for r in rss),
+                "growth_after_warmup_mb": rss[-1][n][kind] - after_warmup[n][kind],
+            }
+            for kind in ("VmRSS", "RssAnon", "RssShmem")
         }
         for n in names
     }
@@ -105,5 +122,5 @@ def test_soak_at_80_percent_of_capacity(service):
 
     assert s["ok"] == s["sent"] > 0, s["codes"]
     assert last["p99_s"] < max(3 * first["p99_s"], 2.0), (first, last)  # no drift
-    for name, m in memory.items():
-        assert m["growth_after_warmup_mb"] < RSS_GROWTH_BOUND_MB, (name, m)
+    for name, m in memory.items():  # private memory: shared object-store pages are Ray's, bounded by its store size
+        assert m["RssAnon"]["growth_after_warmup_mb"] < RSS_GROWTH_BOUND_MB, (name, m)
