@@ -4,7 +4,10 @@ Each lever is timed against the plain diffusers call a user would write (`pipe(p
 and the compiled variant is checked numerically against eager on identical inputs (max abs latent difference, PSNR of
 decoded images). Dynamo recompiles and graph breaks are counted, to explain what compile does and does not fuse.
 
-    python -m perf.levers --out results.json [--batch 1 4] [--levers eager runner cudnn compile]
+    python -m perf.levers --out results.json [--batch 1 4] [--levers runner compile_real_rope vae_fast profile fp8]
+
+Levers apply cumulatively in the order given (each row = everything before it + that lever). `profile` adds no row
+speed of its own: it records where the GPU time of one batch goes (GEMM / attention / fused Triton / other kernels).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from deployments.compilation import compile_dit
+from deployments.compilation import compile_dit, compile_vae_decoder
 from deployments.config import MemoryMode, RandomArch
 from deployments.random_model import build_random_pipeline
 from deployments.runner import Shape, ZImageRunner
@@ -29,16 +32,72 @@ PROMPT = "A realistic photo of a red sports car on a mountain road at sunset"
 SHAPE = Shape(1024, 1024, 8)
 
 
-def timed(fn, reps: int) -> tuple[float, list[float]]:
-    fn()  # warm-up (and compile)
-    torch.cuda.synchronize()
-    times = []
+def timed(fn, reps: int) -> tuple[float, list[float], object]:
+    """Best of `reps` calls; the caller's first call was the warm-up (and compile)."""
+    result, times = None, []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return min(times), times
+    return min(times), times, result
+
+
+KERNEL_CATEGORIES = (  # first match wins; names of cuBLAS/cuDNN/FlashAttention/Inductor kernels on Hopper
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "sm90_", "scaled_mm", "matmul")),
+    ("conv", ("conv", "implicit", "winograd", "cudnn")),
+    ("fused_triton", ("triton",)),
+)
+
+
+def first_nan_module(pipe, runner: ZImageRunner, embeds, seeds) -> dict:
+    """Run one denoising step with hooks and name the first DiT module whose output has a NaN (and its input range)."""
+    found: dict = {}
+
+    def hook(module, inputs, output, name=""):
+        if found or not isinstance(output, torch.Tensor) or not output.isnan().any():
+            return
+        x = next((i for i in inputs if isinstance(i, torch.Tensor)), None)
+        found.update(module=name, type=type(module).__name__)
+        if x is not None:
+            found.update(input_nan=bool(x.isnan().any()), input_absmax=float(x.float().abs().nan_to_num(0).max()))
+
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in pipe.transformer.named_modules()
+    ]
+    try:
+        runner.denoise(embeds, Shape(SHAPE.width, SHAPE.height, 1), seeds)
+    finally:
+        for h in handles:
+            h.remove()
+    return found or {"module": None}
+
+
+def kernel_time_breakdown(fn) -> dict:
+    """GPU kernel time of one call, grouped by kind: shows what compile left on the table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    by_cat: dict[str, float] = {}
+    top = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", 0) or getattr(ev, "cuda_time_total", 0)
+        if us <= 0 or ev.key.startswith("ProfilerStep"):
+            continue
+        name = ev.key.lower()
+        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)), "other")
+        by_cat[cat] = by_cat.get(cat, 0.0) + us / 1e6
+        top.append((us / 1e6, ev.key[:120], cat))
+    total = sum(by_cat.values())
+    return {
+        "kernel_s": total,
+        "by_category_s": by_cat,
+        "by_category_share": {c: v / total for c, v in by_cat.items()} if total else {},
+        "top_kernels": [{"s": t, "name": n, "category": c} for t, n, c in sorted(top, reverse=True)[:25]],
+    }
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,6 +117,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--levers", nargs="+", default=["pipe", "runner", "cudnn", "compile"])
+    ap.add_argument("--profile-batch", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU at 256x256: checks the script, not speed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -109,17 +169,50 @@ def main() -> None:
                 pipe.transformer.compile_repeated_blocks(fullgraph=True)
             if lever == "compile_dynamic":  # dynamic shapes, diffusers' complex-multiply RoPE
                 torch._dynamo.reset()
-                compile_dit(pipe, MemoryMode.GPU, None, real_rope=False)
+                compile_dit(pipe, MemoryMode.GPU, None, real_rope=False, vae=False)
             if lever == "compile_real_rope":  # what the service does (deployments.compilation)
                 torch._dynamo.reset()
-                compile_dit(pipe, MemoryMode.GPU, None, real_rope=True)
+                compile_dit(pipe, MemoryMode.GPU, None, real_rope=True, vae=False)
             if lever == "cudnn":
                 pipe.transformer.set_attention_backend("_native_cudnn")
+            if lever == "vae_fast":  # cuDNN picks conv algorithms by timing them; NHWC is the tensor cores' layout
+                torch.backends.cudnn.benchmark = True
+                pipe.vae.to(memory_format=torch.channels_last)
+            if lever == "vae_compile":
+                compile_vae_decoder(pipe)
+            if lever == "fp8":  # opt-in mode: quantize the bf16 DiT's big linears, then compile as the service does
+                from perf.fp8 import quantize_dit_fp8
+
+                torch._dynamo.reset()
+                out["fp8_linear_layers"] = quantize_dit_fp8(pipe.transformer)
+                # real RoPE was installed by compile_real_rope; the compiled VAE decoder recompiles after the reset
+                compile_dit(pipe, MemoryMode.GPU, None, real_rope=False, vae=False)
+            if lever == "fp8_eager":  # FP8 without compile: tells a numerics problem of FP8 from one of compiling it
+                from perf.fp8 import quantize_dit_fp8
+
+                torch._dynamo.reset()
+                out["fp8_linear_layers"] = quantize_dit_fp8(pipe.transformer)
+            if lever == "compile_autotune":  # Inductor tries Triton GEMM templates against cuBLAS per shape
+                from deployments.real_rope import use_real_rope
+
+                torch._dynamo.reset()
+                use_real_rope(pipe.transformer)
+                pipe.transformer.compile_repeated_blocks(
+                    fullgraph=True, dynamic=True, mode="max-autotune-no-cudagraphs"
+                )
+            if lever == "profile":
+                bs = args.profile_batch
+                runner.run([PROMPT] * bs, list(range(bs)), SHAPE)  # warm (compiles the shape if new)
+                breakdown = kernel_time_breakdown(lambda bs=bs: runner.run([PROMPT] * bs, list(range(bs)), SHAPE))
+                out.setdefault("profiles", []).append({"after": out["rows"][-1]["lever"], "batch": bs, **breakdown})
+                logger.info("profile bs=%d: %s", bs, breakdown["by_category_share"])
+                save()
+                continue
             for bs in args.batch:
-                seeds = list(range(bs))  # noqa: B023 (fn is called within this iteration)
+                seeds = list(range(bs))
                 if lever == "pipe":
 
-                    def fn():
+                    def fn(bs=bs, seeds=seeds):
                         return pipe(
                             prompt=[PROMPT] * bs,
                             height=SHAPE.height,
@@ -131,17 +224,17 @@ def main() -> None:
                         )
                 else:
 
-                    def fn():
+                    def fn(bs=bs, seeds=seeds):
                         return runner.run([PROMPT] * bs, seeds, SHAPE)
 
                 first = time.perf_counter()
                 result = fn()
                 torch.cuda.synchronize()
                 first_s = time.perf_counter() - first
-                best, times = timed(fn, args.reps)
+                best, times, result = timed(fn, args.reps)
                 extra = {"first_call_s": first_s}
                 if lever != "pipe":
-                    extra["stages_s"] = result.times.__dict__
+                    extra["stages_s"] = result.times.__dict__  # of the last timed call
                     embeds = runner.encode([PROMPT] * bs)
                     lat = runner.denoise(embeds, SHAPE, seeds).float()
                     img = torch.stack([torch.from_numpy(i) for i in runner.decode(lat.to(dtype))])
@@ -151,7 +244,10 @@ def main() -> None:
                         ref_lat, ref_img = reference[bs]
                         extra["max_abs_latent_diff_vs_eager"] = (lat - ref_lat).abs().max().item()
                         extra["psnr_db_vs_eager"] = psnr(img, ref_img)
-                if lever.startswith("compile"):
+                    extra["nan_latents"] = int(lat.isnan().sum())
+                    if extra["nan_latents"]:
+                        extra["first_nan_module"] = first_nan_module(pipe, runner, embeds, seeds)
+                if lever.startswith("compile") or lever == "fp8":
                     extra["dynamo_counters"] = dynamo_counters()
                 record(lever, bs, best, times, **extra)
             if lever == "cudnn":

@@ -2,6 +2,7 @@
 # GPU measurements for issues 2 and 6 (random weights of the full architecture), in two parts of < 10 min each:
 #   perf/run_gpu_perf.sh tiers    # emulated 12/16/24 GB cards through real Serve  -> $OUT/tiers.json
 #   perf/run_gpu_perf.sh levers   # eager vs compiled, numerics, cold start with/without cache -> $OUT/levers*.json
+#   perf/run_gpu_perf.sh levers2  # + kernel-time profile, VAE conv tuning, opt-in FP8, max-autotune -> $OUT/levers*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-out}; mkdir -p "$OUT"
@@ -14,5 +15,18 @@ case "${1:-}" in
     rm -rf /tmp/zimage-cold-cache
     timeout 120 python -m perf.cold_start --cache-dir /tmp/zimage-cold-cache --out "$OUT/cold_start_empty_cache.json"
     timeout 120 python -m perf.cold_start --cache-dir /tmp/zimage-cold-cache --out "$OUT/cold_start_warm_cache.json" ;;
-  *) echo "usage: $0 tiers|levers" >&2; exit 2 ;;
+  levers2)  # issue 6, second round: profile of the compiled DiT, VAE conv tuning, opt-in FP8, Inductor autotune
+    timeout 380 python -m perf.levers --out "$OUT/levers.json" --batch 1 8 \
+      --levers runner compile_real_rope profile vae_fast fp8 profile > "$OUT/levers.log" 2>&1 || echo "levers exit $?"
+    timeout 170 python -m perf.levers --out "$OUT/levers_autotune.json" --batch 8 --levers compile_autotune \
+      > "$OUT/levers_autotune.log" 2>&1 || echo "autotune exit $?" ;;
+  fp8probe)  # where FP8 went NaN (eager FP8, no compile), then the VAE decoder compiled
+    timeout 200 python -m perf.levers --out "$OUT/levers_fp8_eager.json" --batch 1 --levers runner fp8_eager \
+      > "$OUT/levers_fp8_eager.log" 2>&1 || echo "fp8 exit $?"
+    timeout 300 python -m perf.levers --out "$OUT/levers_vae_compile.json" --batch 1 8 \
+      --levers runner compile_real_rope vae_compile profile > "$OUT/levers_vae_compile.log" 2>&1 || echo "vae exit $?" ;;
+  fp8)  # the kept levers, then opt-in FP8 on top (with the all-zero-row fix), and where the time goes after it
+    timeout 560 python -m perf.levers --out "$OUT/levers_fp8.json" --batch 8 \
+      --levers runner compile_real_rope vae_compile profile fp8 profile > "$OUT/levers_fp8.log" 2>&1 || echo "fp8 exit $?" ;;
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8" >&2; exit 2 ;;
 esac
