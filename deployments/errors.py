@@ -61,9 +61,12 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-def _param_of(loc: tuple) -> str | None:
+def _param_of(loc: tuple, error_type: str | None) -> str:
+    """Dotted field path; `body` for errors about the body as a whole (not JSON, not an object, empty)."""
     parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or None
+    if error_type == "json_invalid" or not parts:  # json_invalid's loc carries a character offset, not a field
+        return "body"
+    return ".".join(parts)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -74,9 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = _param_of(tuple(first.get("loc", ())))
+        param = _param_of(tuple(first.get("loc", ())), first.get("type"))
         ctx = {k: v for k, v in (first.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
-        message = f"{param}: {first['msg']}" if param else first["msg"]
+        message = f"{param}: {first['msg']}"
+        if first.get("type") == "json_invalid":  # the decoder's reason is part of the message, not a limit
+            message, ctx = f"body: {first['msg']} ({ctx.get('error', 'malformed')})", {}
         return error_response(422, "invalid_request_error", message, param, first.get("type"), ctx or None)
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,8 +1,10 @@
-"""Opt-in FP8 for the DiT: e4m3 weights and activations with per-row scales on its large linear layers (torchao).
+"""FP8 lever for the DiT (an experiment, not in the service): e4m3 weights and activations with per-row scales on its
+large linear layers, via torchao.
 
-Hopper and Ada run FP8 GEMMs at twice the bf16 rate, and GEMMs are most of the DiT's time once Inductor has fused
-the elementwise work. It changes the numerics, so it is never the default (`dit_precision: fp8`; deviation measured
-in the README). Small or odd-sized layers (adaLN's 256-wide input, the final projection) stay bf16.
+Hopper and Ada run FP8 GEMMs at twice the bf16 rate, and GEMMs are ~2/3 of the DiT's time once Inductor has fused the
+elementwise work. It changes the numerics, so it could only ever be opt-in; README "Throughput levers" says why it is
+not shipped yet (NaN without the abs-max floor below; minutes to compile the batched graph).
+Small or odd-sized layers (adaLN's 256-wide input, the final projection) stay bf16.
 """
 
 from __future__ import annotations
@@ -18,10 +20,6 @@ MIN_FEATURES = 1024  # below this a GEMM is too small for FP8 to pay for its act
 ACTIVATION_AMAX_FLOOR = 1e-12
 
 
-class Fp8Unavailable(RuntimeError):
-    """FP8 was asked for on hardware or software that cannot run it."""
-
-
 def is_big_linear(module: torch.nn.Module, _fqn: str = "") -> bool:
     return (
         isinstance(module, torch.nn.Linear)
@@ -29,18 +27,6 @@ def is_big_linear(module: torch.nn.Module, _fqn: str = "") -> bool:
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0
     )
-
-
-def check_fp8_supported(device: torch.device) -> None:
-    if device.type != "cuda":
-        raise Fp8Unavailable("dit_precision=fp8 needs a CUDA GPU (compute capability >= 8.9: Ada, Hopper or newer)")
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < (8, 9):
-        raise Fp8Unavailable(f"dit_precision=fp8 needs compute capability >= 8.9; this GPU has {major}.{minor}")
-    try:
-        import torchao  # noqa: F401
-    except ImportError as exc:
-        raise Fp8Unavailable("dit_precision=fp8 needs torchao: pip install 'zimage-serve[fp8]'") from exc
 
 
 def quantize_dit_fp8(transformer: torch.nn.Module) -> int:

@@ -109,11 +109,6 @@ def test_malformed_bodies_are_rejected_before_the_pipeline(counted, route):
     assert len(counted.calls()) == calls_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deployments/errors.py: invalid JSON reports param '<char offset>' and the decoder message as 'limit'; "
-    "a non-object or empty body reports param null. Expected param 'body'. Remove this marker once fixed.",
-)
 def test_malformed_body_errors_name_the_body(counted):
     for raw in MALFORMED:
         response = httpx.post(f"{BASE_URL}/generate", content=raw, headers={"content-type": "application/json"})
