@@ -2,6 +2,7 @@
 # GPU measurements for issues 2 and 6 (random weights of the full architecture), in two parts of < 10 min each:
 #   perf/run_gpu_perf.sh tiers    # emulated 12/16/24 GB cards through real Serve  -> $OUT/tiers.json
 #   perf/run_gpu_perf.sh levers   # eager vs compiled, numerics, cold start with/without cache -> $OUT/levers*.json
+#   perf/run_gpu_perf.sh latency  # cold start (empty/warm cache) + served p50 at concurrency 1 -> $OUT/
 #   perf/run_gpu_perf.sh levers2  # + kernel-time profile, VAE conv tuning, opt-in FP8, max-autotune -> $OUT/levers*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,12 @@ case "${1:-}" in
   fp8)  # the kept levers, then opt-in FP8 on top (with the all-zero-row fix), and where the time goes after it
     timeout 560 python -m perf.levers --out "$OUT/levers_fp8.json" --batch 8 \
       --levers runner compile_real_rope vae_compile profile fp8 profile > "$OUT/levers_fp8.log" 2>&1 || echo "fp8 exit $?" ;;
-  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8" >&2; exit 2 ;;
+  latency)  # cold start with the kept levers (empty, then warm Inductor cache), then served latency at concurrency 1
+    rm -rf /tmp/zimage-cold-cache
+    timeout 150 python -m perf.cold_start --cache-dir /tmp/zimage-cold-cache --out "$OUT/cold_start_empty_cache.json"
+    timeout 120 python -m perf.cold_start --cache-dir /tmp/zimage-cold-cache --out "$OUT/cold_start_warm_cache.json"
+    timeout 300 python -m bench sweep --launch bench/configs/h100_random_full.yaml --grid 1024=1 --grid 512=1 \
+      --clients-per-batch 1 --batches 20 --min-requests 20 --out "$OUT/concurrency1" > "$OUT/concurrency1.log" 2>&1 \
+      || echo "sweep exit $?" ;;
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency" >&2; exit 2 ;;
 esac
