@@ -159,7 +159,7 @@ class ZImageGenerator:
             self._emulate_vram(self.cfg.emulate_vram_gb)
         self.runner = ZImageRunner(pipe, batch_encode=self.device == "cuda")
         if self.cfg.compile and self.device == "cuda":
-            compile_dit(pipe, mode, self.cfg.compile_cache_dir)
+            compile_dit(pipe, mode, self.cfg.compile_cache_dir, vae=self.cfg.compile_vae)
         self.state.memory_mode = mode
         for m in MemoryMode:
             if m is not MemoryMode.AUTO:
@@ -328,6 +328,7 @@ class ZImageGenerator:
             "batching": self.state.as_dict(),
             "user_config": uc.model_dump(mode="json") if uc else None,
             "compile": self.cfg.compile,
+            "compile_vae": self.cfg.compile and self.cfg.compile_vae,
             "ready_s": self.ready_s,
             "pid": os.getpid(),
         }

@@ -54,6 +54,7 @@ def test_compiled_dit_and_vae_match_eager_for_every_batch_size(tmp_path, monkeyp
     )
 
     assert compile_dit(pipe, MemoryMode.GPU, str(tmp_path / "inductor"))
+    assert getattr(pipe.vae.decoder, "_compiled_call_impl", None) is not None
     processors = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
     assert processors and all(isinstance(p, RealRopeAttnProcessor) for p in processors)
     torch._dynamo.utils.counters.clear()
@@ -71,3 +72,11 @@ def test_compile_is_skipped_when_the_dit_is_streamed():
     pipe = build_random_pipeline(RandomArch.TINY, "cpu", torch.float32)
     assert not compile_dit(pipe, MemoryMode.GROUP_OFFLOAD, None)
     assert not any(isinstance(getattr(m, "processor", None), RealRopeAttnProcessor) for m in pipe.transformer.modules())
+
+
+def test_compile_vae_false_leaves_the_decoder_eager():
+    """`compile_vae: false` (shorter cold start) compiles the DiT blocks only."""
+    pipe = build_random_pipeline(RandomArch.TINY, "cpu", torch.float32)
+    assert compile_dit(pipe, MemoryMode.GPU, None, vae=False)
+    assert getattr(pipe.vae.decoder, "_compiled_call_impl", None) is None
+    assert any(getattr(m, "_compiled_call_impl", None) is not None for m in pipe.transformer.modules())
