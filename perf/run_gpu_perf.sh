@@ -36,5 +36,8 @@ case "${1:-}" in
     timeout 300 python -m bench sweep --launch bench/configs/h100_random_full.yaml --grid 1024=1 --grid 512=1 \
       --clients-per-batch 1 --batches 20 --min-requests 20 --out "$OUT/concurrency1" > "$OUT/concurrency1.log" 2>&1 \
       || echo "sweep exit $?" ;;
-  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency" >&2; exit 2 ;;
+  fp8static)  # opt-in FP8 candidate with static shapes at batch 8, against its own eager row
+    timeout 560 python -m perf.levers --out "$OUT/levers_fp8_static.json" --batch 8 \
+      --levers runner fp8_static profile > "$OUT/levers_fp8_static.log" 2>&1 || echo "fp8static exit $?" ;;
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static" >&2; exit 2 ;;
 esac
