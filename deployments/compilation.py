@@ -4,8 +4,8 @@ Eager Z-Image spends ~half of the DiT's GPU time in unfused elementwise kernels 
 Inductor fuses them (and the VAE decoder's GroupNorm/SiLU). `dynamic=True` gives one graph for batch 1 (Dynamo
 specializes size-1 dims) and one for all larger batches and caption lengths, instead of a recompile per new shape
 (with static shapes every new batch size or caption length pays ~10 s, and after the recompile limit Dynamo silently
-falls back to eager). The replica's start-up
-measurement runs batch 1 and 2, which compiles both before traffic arrives.
+falls back to eager). The replica's start-up measurement runs batch 1 and 2, which compiles both before traffic
+arrives.
 """
 
 from __future__ import annotations
@@ -44,6 +44,6 @@ def compile_dit(
 
 def compile_vae_decoder(pipe: ZImagePipeline) -> None:
     """The FLUX VAE decoder in eager spends most of its time in GroupNorm statistics and separate SiLU/add kernels;
-    Inductor fuses them: decode 98 -> 44 ms per 1024^2 image on an H100 (bench/results/h100-levers/run4). Decoding
+    Inductor fuses them: decode 98 -> 44 ms per 1024^2 image on an H100 (bench/results/h100-levers/run4d). Decoding
     is one image (or one tile) at a time, so shapes repeat; a new image size compiles once more."""
     pipe.vae.decoder.compile()

@@ -157,7 +157,7 @@ class AppConfig(_Strict):
         None, gt=0, description="Testing: pretend the GPU has this much memory (caps torch's allocator to match)."
     )
     measure_memory: bool = Field(True, description="Run batch 1 and 2 at max size at start to clamp the batch size.")
-    compile: bool = Field(False, description="torch.compile the DiT's repeated blocks (GPU only; ~1.4x at 1024^2).")
+    compile: bool = Field(False, description="torch.compile the DiT's repeated blocks (GPU only; ~1.5x at 1024^2).")
     compile_vae: bool = Field(
         True,
         description="With compile: also compile the VAE decoder (H100, 1024^2: decode 98 -> 44 ms/img, +5% img/s; "
