@@ -77,12 +77,15 @@ def test_sweep_json_and_report(sweep, tmp_path):
 
 
 def test_counts_reconcile_when_the_queue_rejects(service):
+    """40 requests at once against 8 ongoing + 8 queued slots. Each is 512x512 x 16 steps (~8x a 256x256 x 8 one), so
+    the replica cannot drain 24 slots while the burst arrives, even on a loaded 2-core box (at 256x256 x 8 steps it
+    sometimes did, and nothing was rejected)."""
     service.control.set_max_batch_size(2)
-    spec = LoadSpec(mode="closed", concurrency=24, requests=24, duration_s=120, timeout_s=120)
-    phases = run_load(service.url, Workload(256, 256, 8), spec)
+    spec = LoadSpec(mode="closed", concurrency=40, requests=40, duration_s=180, timeout_s=180)
+    phases = run_load(service.url, Workload(512, 512, 16), spec)
     recs = [r.as_dict() for r in phases["measure"].records]
     s = request_stats(recs)
-    assert s["sent"] == 24 == s["ok"] + s["rejected"] + s["errors"]
+    assert s["sent"] == 40 == s["ok"] + s["rejected"] + s["errors"]
     assert s["ok"] > 0 and s["rejected"] > 0 and s["errors"] == 0  # 8 ongoing + 8 queued fit; the rest get 503
     assert {r["status"] for r in recs if r["outcome"] == "rejected"} == {503}
 
