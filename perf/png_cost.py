@@ -1,0 +1,52 @@
+"""What the ingress's PNG encoding costs per image, for an incompressible (noise, what random weights produce) and a
+smooth image: the part of HTTP latency that depends on image content.
+
+    python -m perf.png_cost --out png_cost.json [--side 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deployments.images import PNG_COMPRESS_LEVEL, encode_png
+
+
+def images(side: int) -> dict[str, np.ndarray]:
+    y, x = np.mgrid[0:side, 0:side]
+    smooth = np.stack([(x // 4) % 256, (y // 4) % 256, ((x + y) // 8) % 256], -1).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    return {"noise": noise, "smooth_gradient": smooth}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    rows = {}
+    for name, img in images(args.side).items():
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            png = encode_png(img)
+            times.append(time.perf_counter() - t0)
+        rows[name] = {"best_s": min(times), "times_s": times, "png_bytes": len(png)}
+    out = {
+        "side": args.side,
+        "zlib_level": PNG_COMPRESS_LEVEL,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
