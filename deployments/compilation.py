@@ -15,7 +15,7 @@ import os
 
 from diffusers import ZImagePipeline
 
-from deployments.config import MemoryMode
+from deployments.config import MemoryMode, RequestLimits
 from deployments.real_rope import use_real_rope
 
 logger = logging.getLogger(__name__)
@@ -47,3 +47,13 @@ def compile_vae_decoder(pipe: ZImagePipeline) -> None:
     Inductor fuses them: decode 98 -> 44 ms per 1024^2 image on an H100 (bench/results/h100-levers/run4d). Decoding
     is one image (or one tile) at a time, so shapes repeat; a new image size compiles once more."""
     pipe.vae.decoder.compile()
+
+
+def second_warm_up_side(limits: RequestLimits, seen: int) -> int | None:
+    """A square size other than the one already warmed up (`seen`), as cheap as allowed: the smallest side; None
+    where only one size is allowed.
+
+    The compiled VAE decoder specializes to the first size; the second one recompiles it with dynamic height/width
+    (46 s on an H100 with an empty cache, bench/results/h100-levers/run6), after which no size recompiles."""
+    side = limits.min_side if limits.min_side != seen else limits.max_side
+    return None if side == seen else side

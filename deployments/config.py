@@ -163,6 +163,11 @@ class AppConfig(_Strict):
         description="With compile: also compile the VAE decoder (H100, 1024^2: decode 98 -> 44 ms/img, +5% img/s; "
         "costs +43 s of cold start on an empty Inductor cache, +7.5 s with a warm one).",
     )
+    fp8_dit: bool = Field(
+        False,
+        description="Opt-in: the DiT's large linear layers as FP8 (e4m3, per-row scales) GEMMs. Needs compile and a "
+        "GPU of compute capability >= 8.9 (Ada, Hopper, Blackwell). Changes the numerics (README 'FP8 (opt-in)').",
+    )
     compile_cache_dir: str | None = Field(
         None, description="Persistent TorchInductor cache (e.g. on a volume) so a new replica skips recompilation."
     )
@@ -176,6 +181,12 @@ class AppConfig(_Strict):
     @classmethod
     def _parse_model(cls, value):
         return ModelSource.parse(value)
+
+    @model_validator(mode="after")
+    def _fp8_needs_compile(self) -> AppConfig:
+        if self.fp8_dit and not self.compile:
+            raise ValueError("fp8_dit needs compile: true (eager, quantizing activations costs more than FP8 saves)")
+        return self
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> AppConfig:

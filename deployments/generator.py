@@ -19,8 +19,9 @@ import torch
 from ray import serve
 
 from deployments.batch_planning import MemoryClamp, group_by_shape, is_oom, run_with_oom_split, select_tier
-from deployments.compilation import compile_dit
+from deployments.compilation import compile_dit, second_warm_up_side
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode, Tier
+from deployments.fp8 import fp8_supported, quantize_dit_fp8
 from deployments.gpu_info import GpuInfo, probe_gpu
 from deployments.memory_modes import place_pipeline
 from deployments.metrics import GeneratorMetrics
@@ -89,6 +90,7 @@ class ZImageGenerator:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-gpu")
         self.started_at = time.time()
         self.ready_s: float | None = None
+        self.fp8_layers = 0
         if self.gpu is not None:
             self.state.vram_gb = self.gpu.total_gb
             if self.cfg.emulate_vram_gb:
@@ -158,6 +160,7 @@ class ZImageGenerator:
         if self.cfg.emulate_vram_gb:
             self._emulate_vram(self.cfg.emulate_vram_gb)
         self.runner = ZImageRunner(pipe, batch_encode=self.device == "cuda")
+        self.fp8_layers = self._quantize_fp8(pipe, mode) if self.cfg.fp8_dit else 0
         if self.cfg.compile and self.device == "cuda":
             compile_dit(pipe, mode, self.cfg.compile_cache_dir, vae=self.cfg.compile_vae)
         self.state.memory_mode = mode
@@ -165,10 +168,36 @@ class ZImageGenerator:
             if m is not MemoryMode.AUTO:
                 self.metrics.memory_mode.set(1.0 if m is mode else 0.0, tags={"mode": m.value})
         self._measure_memory()
+        if self.cfg.compile and self.device == "cuda":
+            self._warm_second_size()
         self.ready_s = time.perf_counter() - start
         logger.info(
             "%s ready on %s (%s, %s) in %.1fs", self.cfg.model.label, self.device, self.dtype, mode.value, self.ready_s
         )
+
+    def _warm_second_size(self) -> None:
+        """Compiled code first specializes to the one image size it has seen; the next size makes Dynamo recompile
+        with dynamic height/width, once. Doing it here (one step at the smallest allowed size) keeps that recompile
+        out of the first request at a new size (README "Throughput levers": new-size first-request cost)."""
+        lim, d = self.cfg.limits, self.cfg.defaults
+        side = second_warm_up_side(lim, seen=lim.max_side if self.cfg.measure_memory else d.width)
+        if side is None:
+            return
+        start = time.perf_counter()
+        self.runner.run(["warm-up"], [0], Shape(side, side, 1))
+        logger.info("warmed up a second image size (%dx%d) in %.1fs", side, side, time.perf_counter() - start)
+
+    def _quantize_fp8(self, pipe, mode: MemoryMode) -> int:
+        """Opt-in FP8 DiT (before compile); refuses GPUs without FP8 tensor cores rather than running slower."""
+        if mode is MemoryMode.GROUP_OFFLOAD:
+            logger.warning("fp8_dit ignored in group_offload mode: the streamed DiT is not compiled")
+            return 0
+        if not fp8_supported(self.device):
+            raise RuntimeError(
+                f"fp8_dit needs FP8 tensor cores (compute capability >= 8.9: Ada, Hopper, Blackwell); "
+                f"{self.gpu.name if self.gpu else self.device} has {torch.cuda.get_device_capability()}"
+            )
+        return quantize_dit_fp8(pipe.transformer)
 
     def _measure_memory(self) -> None:
         """Warm up, and on a GPU run batch 1 and 2 at the largest allowed size to cap the batch by peak memory."""
@@ -329,6 +358,7 @@ class ZImageGenerator:
             "user_config": uc.model_dump(mode="json") if uc else None,
             "compile": self.cfg.compile,
             "compile_vae": self.cfg.compile and self.cfg.compile_vae,
+            "fp8_dit": {"enabled": self.cfg.fp8_dit, "fp8_linear_layers": self.fp8_layers},
             "ready_s": self.ready_s,
             "pid": os.getpid(),
         }

@@ -100,6 +100,52 @@ def kernel_time_breakdown(fn) -> dict:
     }
 
 
+def encode_padding_times(pipe, runner: ZImageRunner, batches: list[int], reps: int) -> list[dict]:
+    """Text encoding as the pipeline does it (every prompt padded to 512 tokens) vs the runner (real length)."""
+    rows = []
+    for bs in batches:
+        prompts = [PROMPT] * bs
+
+        def padded(p=prompts):
+            return pipe.encode_prompt(list(p), device=runner.device, do_classifier_free_guidance=False)
+
+        def real(p=prompts):
+            return runner.encode(list(p))
+
+        row = {"batch": bs, "prompt_tokens": runner._token_count(PROMPT)}
+        for name, fn in (("padded_512_s", padded), ("real_length_s", real)):
+            fn()
+            row[name] = timed(fn, reps)[0]
+        rows.append(row)
+        logger.info("encode bs=%d: %s", bs, row)
+    return rows
+
+
+def new_size_times(runner: ZImageRunner) -> list[dict]:
+    """First and second 1-step request at sizes the compiled DiT/decoder have not seen: what a request at a new size
+    pays in recompiles (`new_graphs`), e.g. the first 512x512 request on a replica warmed up at 1024x1024."""
+    from torch._dynamo.utils import counters
+
+    rows = []
+    for width, height in ((1024, 1024), (512, 512), (768, 1280), (1280, 768), (1024, 1024)):
+        shape = Shape(width, height, 1)
+        before = counters["stats"]["unique_graphs"]
+        first = timed(lambda s=shape: runner.run([PROMPT], [0], s), 1)[0]
+        best, _, result = timed(lambda s=shape: runner.run([PROMPT], [0], s), 2)
+        rows.append(
+            {
+                "width": width,
+                "height": height,
+                "first_s": first,
+                "steady_s": best,
+                "steady_stages_s": result.times.__dict__,
+                "new_graphs": counters["stats"]["unique_graphs"] - before,
+            }
+        )
+        logger.info("new size %dx%d: first %.2f s, steady %.3f s (%s)", width, height, first, best, rows[-1])
+    return rows
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.float() - b.float()) ** 2).item()
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
@@ -144,7 +190,7 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = build_random_pipeline(arch, device, dtype)
     out["build_s"] = time.perf_counter() - t0
-    runner = ZImageRunner(pipe)
+    runner = ZImageRunner(pipe, batch_encode=True)  # as the service runs on a GPU
     pipe.set_progress_bar_config(disable=True)
     reference = {}
 
@@ -196,6 +242,23 @@ def main() -> None:
                 use_real_rope(pipe.transformer)
                 pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
                 compile_vae_decoder(pipe)
+            if lever == "fp8_rowwise":  # the service's opt-in FP8 (deployments.fp8) on top of every kept lever
+                from deployments.fp8 import quantize_dit_fp8 as quantize_rowwise
+
+                torch._dynamo.reset()  # the compiled VAE decoder recompiles on its next call
+                out["fp8_rowwise_linear_layers"] = quantize_rowwise(pipe.transformer)
+                t_compile = time.perf_counter()
+                compile_dit(pipe, MemoryMode.GPU, None, real_rope=True, vae=True)  # as the service: every kept lever
+                out["fp8_rowwise_compile_call_s"] = time.perf_counter() - t_compile
+            if lever == "encode_padding":
+                out["encode_padding"] = encode_padding_times(pipe, runner, args.batch, args.reps)
+                save()
+                continue
+            if lever == "new_sizes":
+                sizes = new_size_times(runner)
+                out.setdefault("new_sizes", []).append({"after": out["rows"][-1]["lever"], "rows": sizes})
+                save()
+                continue
             if lever == "fp8_eager":  # FP8 without compile: tells a numerics problem of FP8 from one of compiling it
                 from perf.fp8 import quantize_dit_fp8
 

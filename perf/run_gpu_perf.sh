@@ -4,6 +4,8 @@
 #   perf/run_gpu_perf.sh levers   # eager vs compiled, numerics, cold start with/without cache -> $OUT/levers*.json
 #   perf/run_gpu_perf.sh latency  # cold start (empty/warm cache) + served p50 at concurrency 1 -> $OUT/
 #   perf/run_gpu_perf.sh levers2  # + kernel-time profile, VAE conv tuning, opt-in FP8, max-autotune -> $OUT/levers*.json
+#   perf/run_gpu_perf.sh fp8rowwise  # real-length encode, new-size recompiles, the service's FP8 DiT -> $OUT/levers*
+#   perf/run_gpu_perf.sh latency2    # FP8 cold start, concurrency-1 latency FP8 and bf16 -> $OUT/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-out}; mkdir -p "$OUT"
@@ -39,5 +41,20 @@ case "${1:-}" in
   fp8static)  # opt-in FP8 candidate with static shapes at batch 8, against its own eager row
     timeout 560 python -m perf.levers --out "$OUT/levers_fp8_static.json" --batch 8 \
       --levers runner fp8_static profile > "$OUT/levers_fp8_static.log" 2>&1 || echo "fp8static exit $?" ;;
-  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static" >&2; exit 2 ;;
+  fp8rowwise)  # real-length text encoding, new-size recompiles, then the service's opt-in FP8 (deployments.fp8)
+    TORCH_LOGS=recompiles timeout 560 python -m perf.levers --out "$OUT/levers_fp8_rowwise.json" --batch 1 8 \
+      --levers runner encode_padding compile_real_rope vae_compile new_sizes profile fp8_rowwise profile \
+      > "$OUT/levers_fp8_rowwise.log" 2>&1 || echo "fp8rowwise exit $?" ;;
+  latency2)  # cold start of the FP8 service (empty, then warm cache), then served latency at concurrency 1, FP8 then bf16
+    rm -rf /tmp/zimage-cold-cache-fp8
+    for c in empty warm; do
+      timeout 150 python -m perf.cold_start --fp8 --cache-dir /tmp/zimage-cold-cache-fp8 \
+        --out "$OUT/cold_start_fp8_${c}_cache.json" || echo "cold start exit $?"
+    done
+    for cfg in h100_random_full_fp8 h100_random_full; do
+      timeout 200 python -m bench sweep --launch "bench/configs/$cfg.yaml" --grid 1024=1 --grid 512=1 \
+        --clients-per-batch 1 --batches 20 --min-requests 20 --out "$OUT/concurrency1-$cfg" \
+        > "$OUT/concurrency1-$cfg.log" 2>&1 || echo "sweep $cfg exit $?"
+    done ;;
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2" >&2; exit 2 ;;
 esac

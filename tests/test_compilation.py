@@ -13,8 +13,8 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
 
-from deployments.compilation import compile_dit
-from deployments.config import MemoryMode, RandomArch
+from deployments.compilation import compile_dit, second_warm_up_side
+from deployments.config import MemoryMode, RandomArch, RequestLimits
 from deployments.random_model import build_random_pipeline
 from deployments.real_rope import RealRopeAttnProcessor, rotate
 from deployments.runner import Shape, ZImageRunner
@@ -80,3 +80,13 @@ def test_compile_vae_false_leaves_the_decoder_eager():
     assert compile_dit(pipe, MemoryMode.GPU, None, vae=False)
     assert getattr(pipe.vae.decoder, "_compiled_call_impl", None) is None
     assert any(getattr(m, "_compiled_call_impl", None) is not None for m in pipe.transformer.modules())
+
+
+@pytest.mark.parametrize(
+    ("min_side", "max_side", "seen", "expected"),
+    [(256, 1024, 1024, 256), (512, 512, 512, None), (256, 1024, 256, 1024)],
+)
+def test_second_warm_up_size_differs_from_the_first_when_it_can(min_side, max_side, seen, expected):
+    """The replica warms a second size at start so the decoder's dynamic-shape recompile is not paid by a request."""
+    limits = RequestLimits(min_side=min_side, max_side=max_side)
+    assert second_warm_up_side(limits, seen) == expected
