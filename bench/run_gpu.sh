@@ -6,7 +6,7 @@
 #   bench/run_gpu.sh report     # only the report, from $OUT/serve and $OUT/baseline (or the state dir)
 # Add --smoke (or BENCH_SMOKE=1) to run the same path on CPU with the tiny random model in ~2 minutes.
 # BENCH_CONFIG=bench/configs/h100_random_full_fp8.yaml benchmarks the opt-in FP8 service instead; BENCH_SERVE_GRID
-# (e.g. "1024=1,8,16 512=8") replaces the serve part's grid.
+# and BENCH_BASELINE_GRID (e.g. "1024=1,8,16 512=8") replace the serve / baseline part's grid.
 # Results go to $OUT (default ./bench-out): serve/, baseline/, report/. The serve JSON is also kept in
 # $BENCH_STATE_DIR (default /tmp/zimage-bench) so a later `baseline` call on the same machine can build the report.
 set -euo pipefail
@@ -43,6 +43,9 @@ else
     SERVE_GRID=(); for g in $BENCH_SERVE_GRID; do SERVE_GRID+=(--grid "$g"); done
   fi
   BASE_GRID=(--grid 1024=1,2,4,6,8,12,16 --grid 512=1,2,4,8,16)
+  if [[ -n "${BENCH_BASELINE_GRID:-}" ]]; then
+    BASE_GRID=(); for g in $BENCH_BASELINE_GRID; do BASE_GRID+=(--grid "$g"); done
+  fi
   MODEL=random:full; DEVICE=cuda
   HTTP_PORT=${BENCH_HTTP_PORT:-8000}; DASH_PORT=${BENCH_DASHBOARD_PORT:-8265}; CPUS=()
   SERVE_BUDGET=${BENCH_SERVE_BUDGET_S:-330}; BASE_BUDGET=${BENCH_BASELINE_BUDGET_S:-210}; ROW_TIMEOUT=150
