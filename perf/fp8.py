@@ -1,11 +1,9 @@
-"""FP8 lever for the DiT (an experiment, not in the service): e4m3 weights and activations with per-row scales on its
-large linear layers, via torchao.
+"""torchao's FP8 for the DiT (the experiment of runs 4a-5, kept so they can be reproduced; not the service's FP8):
+e4m3 weights and activations with per-row scales on its large linear layers.
 
-Hopper and Ada run FP8 GEMMs at twice the bf16 rate, and GEMMs are ~2/3 of the DiT's time once Inductor has fused the
-elementwise work. It changes the numerics, so it could only ever be opt-in; README "Throughput levers" says why it is
-not shipped yet (NaN without the abs-max floor below; minutes to compile the batched graph).
-Small or odd-sized layers (adaLN's 256-wide input, the final projection) stay bf16.
-"""
+Its tensor-subclass weights took 164 s to compile at batch 1 and did not finish the batched graph in 8 minutes on
+the H100, so the service's opt-in FP8 (`fp8_dit`) is `deployments/fp8.py`: the same scheme on plain fp8 buffers.
+Small or odd-sized layers (adaLN's 256-wide input, the final projection) stay bf16."""
 
 from __future__ import annotations
 
