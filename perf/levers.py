@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from deployments.compilation import compile_dit, compile_vae_decoder
-from deployments.config import MemoryMode, RandomArch
+from deployments.config import MemoryMode, ModelSource, RandomArch
+from deployments.pipeline_factory import load_pipeline
 from deployments.random_model import build_random_pipeline
 from deployments.runner import Shape, ZImageRunner
 
@@ -165,6 +166,12 @@ def main() -> None:
     ap.add_argument("--levers", nargs="+", default=["pipe", "runner", "cudnn", "compile"])
     ap.add_argument("--profile-batch", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU at 256x256: checks the script, not speed")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="weights as serve_config's `model` (Hub id, local dir); default random weights. With real weights the "
+        "numerics rows (latent difference, PSNR vs eager) are those of the real model.",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     global SHAPE
@@ -174,7 +181,7 @@ def main() -> None:
         torch.cuda.synchronize = lambda *a, **k: None
         torch.cuda.max_memory_allocated = lambda *a, **k: 0
     out: dict = {
-        "weights": f"random:{arch.value} (random weights of the {arch.value} architecture)",
+        "weights": args.model or f"random:{arch.value} (random weights of the {arch.value} architecture)",
         "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "shape": SHAPE.__dict__,
@@ -188,7 +195,10 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=2))
 
     t0 = time.perf_counter()
-    pipe = build_random_pipeline(arch, device, dtype)
+    if args.model:
+        pipe = load_pipeline(ModelSource.parse(args.model), device, dtype).to(device)
+    else:
+        pipe = build_random_pipeline(arch, device, dtype)
     out["build_s"] = time.perf_counter() - t0
     runner = ZImageRunner(pipe, batch_encode=True)  # as the service runs on a GPU
     pipe.set_progress_bar_config(disable=True)
