@@ -10,14 +10,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.config import AppConfig
 from deployments.errors import InvalidRequest
+from deployments.images import ImageFormat
 from deployments.schemas import GenerationSpec
 
 MAX_SEED = 2**32 - 1
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
-class GenerateRequest(BaseModel):
-    """POST /generate: one image, answered as PNG bytes."""
+class OutputEncoding(BaseModel):
+    """How the image comes back: as OpenAI's images API names it."""
+
+    output_format: ImageFormat | None = Field(None, description="`png` (default, lossless), `jpeg` or `webp`.")
+    output_compression: int | None = Field(
+        None, description="jpeg/webp quality, 0-100 (OpenAI's name; 100 = best, the default)."
+    )
+
+
+class GenerateRequest(OutputEncoding):
+    """POST /generate: one image, answered as image bytes (PNG unless `output_format` says otherwise)."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(description="What to draw (any language; Z-Image renders Chinese and English text).")
@@ -27,7 +37,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; random when omitted. Same seed, same image.")
 
 
-class ImagesRequest(BaseModel):
+class ImagesRequest(OutputEncoding):
     """POST /v1/images/generations, as the `openai` SDK sends it (seed/num_inference_steps via `extra_body`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -36,7 +46,6 @@ class ImagesRequest(BaseModel):
     n: int = 1
     size: str | None = Field(None, description="`WIDTHxHEIGHT` or `auto`.")
     response_format: Literal["b64_json", "url"] | None = "b64_json"
-    output_format: Literal["png"] | None = None
     quality: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     style: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     user: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
@@ -52,6 +61,7 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
+    output_format: ImageFormat = "png"
 
 
 def _check_prompt(prompt: str, cfg: AppConfig) -> str:
@@ -100,6 +110,21 @@ def _check_seed(seed: int | None) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise InvalidRequest("seed", f"seed={seed} is outside [0, {MAX_SEED}]", limit=[0, MAX_SEED])
     return seed
+
+
+def output_encoding(req: OutputEncoding) -> tuple[ImageFormat, int | None]:
+    """Format and quality, checked before any GPU work."""
+    fmt = req.output_format or "png"
+    quality = req.output_compression
+    if quality is not None:
+        if fmt == "png":
+            raise InvalidRequest(
+                "output_compression", "output_compression applies to jpeg and webp only", limit=["jpeg", "webp"]
+            )
+        if not 0 <= quality <= 100:
+            message = f"output_compression={quality} is outside [0, 100]"
+            raise InvalidRequest("output_compression", message, limit=[0, 100])
+    return fmt, quality
 
 
 def specs_from_generate(req: GenerateRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:

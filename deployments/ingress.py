@@ -22,13 +22,14 @@ from deployments.api_models import (
     ImageData,
     ImagesRequest,
     ImagesResponse,
+    output_encoding,
     specs_from_generate,
     specs_from_images,
 )
 from deployments.config import AppConfig
 from deployments.errors import ApiError, GenerationFailed, Overloaded, install_error_handlers
 from deployments.http_guards import GuardMiddleware, configure_guard, current_guard
-from deployments.images import encode_png, encode_png_b64
+from deployments.images import MEDIA_TYPES, encode_b64, encode_image
 from deployments.metrics import IngressMetrics
 from deployments.schemas import GenerationResult, GenerationSpec
 
@@ -140,26 +141,30 @@ class Ingress:
     async def images_generations(self, body: ImagesRequest, response: Response) -> ImagesResponse:
         start, code = time.perf_counter(), 500
         try:
+            fmt, quality = output_encoding(body)
             specs = specs_from_images(body, self.cfg, uuid.uuid4().hex)
             results = await self._run(specs)
-            encoded = await asyncio.gather(*(asyncio.to_thread(encode_png_b64, r.image) for r in results))
+            encoded = await asyncio.gather(*(asyncio.to_thread(encode_b64, r.image, fmt, quality) for r in results))
             response.headers.update(_headers(results))
             code = 200
-            return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=b) for b in encoded])
+            return ImagesResponse(
+                created=int(time.time()), data=[ImageData(b64_json=b) for b in encoded], output_format=fmt
+            )
         except ApiError as exc:
             code = exc.status
             raise
         finally:
             self._observe("/v1/images/generations", start, code)
 
-    @api.post("/generate", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @api.post("/generate", response_class=Response, responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
     async def generate(self, body: GenerateRequest) -> Response:
         start, code = time.perf_counter(), 500
         try:
+            fmt, quality = output_encoding(body)
             (result,) = await self._run(specs_from_generate(body, self.cfg, uuid.uuid4().hex))
-            png = await asyncio.to_thread(encode_png, result.image)
+            data = await asyncio.to_thread(encode_image, result.image, fmt, quality)
             code = 200
-            return Response(content=png, media_type="image/png", headers=_headers([result]))
+            return Response(content=data, media_type=MEDIA_TYPES[fmt], headers=_headers([result]))
         except ApiError as exc:
             code = exc.status
             raise

@@ -4,10 +4,13 @@ images.generate round trip, extensions through `extra_body`, models.list, and ty
 from __future__ import annotations
 
 import base64
+import io
 
+import httpx
 import numpy as np
 import openai
 import pytest
+from PIL import Image
 
 from tests.http_client import b64_png_array
 from tests.serve_harness import BASE_URL
@@ -39,6 +42,35 @@ def test_images_generate_round_trip(client):
         model="z-image-turbo", prompt="a red sports car", size="256x256", extra_body={"seed": 7}
     )
     assert np.array_equal(b64_png_array(again.data[0].b64_json), images[0])  # seed 7 alone == first of n=2
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
+def test_jpeg_and_webp_output_with_compression(client, fmt, magic):
+    """OpenAI's `output_format` / `output_compression`: the bytes are that format, the quality is applied."""
+    sizes = []
+    for quality in (100, 10):
+        result = client.images.generate(
+            model="z-image-turbo",
+            prompt="a red sports car",
+            size="256x256",
+            output_format=fmt,
+            output_compression=quality,
+            extra_body={"seed": 7},
+        )
+        data = base64.b64decode(result.data[0].b64_json)
+        assert data.startswith(magic) and result.output_format == fmt
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == fmt.upper() and img.size == (256, 256)
+        sizes.append(len(data))
+    assert sizes[1] < sizes[0]  # quality 10 is smaller than quality 100
+
+
+def test_generate_route_answers_in_the_requested_format(client):
+    body = {"prompt": "a cat", "width": 256, "height": 256, "output_format": "webp"}
+    response = httpx.post(BASE_URL + "/generate", json=body, timeout=120)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(response.content)) as img:
+        assert img.format == "WEBP" and img.size == (256, 256)
 
 
 def test_models_list(client):

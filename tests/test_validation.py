@@ -38,6 +38,10 @@ GENERATE = [
     ({**OK, "seed": 1.5}, 422, "seed", None, "integer"),
     ({"prompt": 123}, 422, "prompt", None, "string"),
     ({"width": 256}, 422, "prompt", None, "required"),
+    ({**OK, "output_format": "gif"}, 422, "output_format", None, "webp"),
+    ({**OK, "output_compression": 50}, 422, "output_compression", ["jpeg", "webp"], "jpeg"),
+    ({**OK, "output_format": "jpeg", "output_compression": 101}, 422, "output_compression", [0, 100], "100"),
+    ({**OK, "output_format": "webp", "output_compression": -1}, 422, "output_compression", [0, 100], "100"),
 ]
 IMAGES = [
     ({**OK, "n": 0}, 422, "n", N, "4"),
@@ -54,6 +58,10 @@ IMAGES = [
     ({**OK, "n": "two"}, 422, "n", None, "integer"),
     ({"n": 1}, 422, "prompt", None, "required"),
     ({"prompt": "  "}, 422, "prompt", None, "empty"),
+    ({**OK, "output_format": "gif"}, 422, "output_format", None, "webp"),
+    ({**OK, "output_compression": 50}, 422, "output_compression", ["jpeg", "webp"], "jpeg"),
+    ({**OK, "output_format": "jpeg", "output_compression": 101}, 422, "output_compression", [0, 100], "100"),
+    ({**OK, "output_format": "webp", "output_compression": -1}, 422, "output_compression", [0, 100], "100"),
 ]
 CASES = [("/generate", *c) for c in GENERATE] + [("/v1/images/generations", *c) for c in IMAGES]
 
