@@ -37,7 +37,7 @@ logger = logging.getLogger("ray.serve")
 
 api = FastAPI(
     title="Z-Image-Turbo on Ray Serve",
-    description="Text-to-image with Z-Image-Turbo; OpenAI-compatible images API plus a plain PNG endpoint.",
+    description="Text-to-image with Z-Image-Turbo; OpenAI-compatible images API plus a plain image endpoint.",
     version="0.1.0",
 )
 install_error_handlers(api)
