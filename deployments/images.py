@@ -30,9 +30,5 @@ def encode_image(image: np.ndarray, fmt: ImageFormat = "png", quality: int | Non
     return buf.getvalue()
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    return encode_image(image, "png")
-
-
 def encode_b64(image: np.ndarray, fmt: ImageFormat = "png", quality: int | None = None) -> str:
     return base64.b64encode(encode_image(image, fmt, quality)).decode("ascii")
