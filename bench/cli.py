@@ -33,6 +33,21 @@ def parse_grid(items: list[str]) -> list[tuple[int, int, list[int]]]:
     return grid
 
 
+def parse_user_config(items: list[str]) -> dict:
+    """`batch_wait_timeout_s=0` -> {"batch_wait_timeout_s": 0}; values are YAML scalars (numbers, true, null)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"--user-config entry {item!r} must look like KEY=VALUE")
+        if key.strip() == "max_batch_size":
+            raise argparse.ArgumentTypeError("max_batch_size is set per row by --grid, not by --user-config")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--prompt-mode", choices=["article", "varied"], default="article")
@@ -47,6 +62,7 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
 
 def _http_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", choices=["generate", "openai"], default="generate")
+    p.add_argument("--output-format", choices=["png", "jpeg", "webp"], default=None, help="default: png")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
     p.add_argument("--api-key", default=os.environ.get("ZIMAGE_API_KEY"), help="bearer key if the service needs one")
 
@@ -67,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--size", default="1024", help="1024 or WxH")
     p.add_argument("--arrival-seed", type=int, default=0)
+    p.add_argument(
+        "--cooldown", action="store_true", help="closed loop: keep sending (unmeasured) until the measured requests end"
+    )
     _workload_args(p)
     _http_args(p)
 
@@ -87,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients-per-batch", type=int, default=2)
     p.add_argument("--row-timeout-s", type=float, default=300.0)
     p.add_argument("--budget-s", type=float, default=None, help="skip rows that would end the sweep after this")
+    p.add_argument(
+        "--no-cooldown", action="store_true", help="stop sending at the last measured request (partial last batches)"
+    )
+    p.add_argument(
+        "--user-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Generator user_config for the whole sweep, e.g. batch_wait_timeout_s=0 (restored after)",
+    )
     _workload_args(p)
     _http_args(p)
 
@@ -148,6 +177,9 @@ def cmd_sweep(args) -> int:
         prompt=args.prompt,
         seed=args.seed,
         endpoint=args.endpoint,
+        output_format=args.output_format,
+        cooldown=not args.no_cooldown,
+        user_config=parse_user_config(args.user_config),
     )
     with contextlib.ExitStack() as stack:
         if args.launch:
@@ -241,7 +273,7 @@ def cmd_run(args) -> int:
     from bench.workload import Workload
 
     w, h = parse_size(args.size)
-    workload = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint)
+    workload = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint, args.output_format)
     spec = LoadSpec(
         mode=args.mode,
         concurrency=args.concurrency,
@@ -253,6 +285,7 @@ def cmd_run(args) -> int:
         warmup_steps=args.warmup_steps,
         timeout_s=args.timeout_s,
         arrival_seed=args.arrival_seed,
+        cooldown=args.cooldown,
     )
     try:
         info = httpx.get(args.url.rstrip("/") + "/info", headers=_auth(args), timeout=30).json()

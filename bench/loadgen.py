@@ -4,6 +4,10 @@ Open-loop latency is measured from the *scheduled* send time, so a slow server c
 the client down (no coordinated omission). Both loops are bounded by a request count and a duration; requests still
 in flight `drain_s` after the duration are cancelled and counted as errors. A warm-up phase (closed loop, optionally
 with fewer denoising steps: same tensor shapes, less time) runs first and is excluded from the measured phase.
+
+Closed loop with `cooldown`: once the measured requests are all sent, the clients keep sending (phase "cooldown",
+not measured) until every measured request has its answer. Without it the last measured requests run in partial
+batches while the load drains, and a batching server's throughput is understated by its own tail.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class RequestRecord:
     """One request. Times are wall clock (time.time()), derived from a monotonic clock so they never jump."""
 
     index: int
-    phase: str  # "warmup" | "measure"
+    phase: str  # "warmup" | "measure" | "cooldown"
     scheduled_t: float  # when it was meant to be sent (open: the Poisson schedule; closed: when its client was free)
     sent_t: float  # when the request actually started
     done_t: float | None = None
@@ -72,6 +76,7 @@ class LoadSpec:
     warmup_requests: int = 0
     warmup_concurrency: int | None = None  # default: `concurrency` (closed) or 1 (open)
     warmup_steps: int | None = None  # default: the workload's steps
+    cooldown: bool = False  # closed loop: keep the load on (unmeasured) until the measured requests are answered
     timeout_s: float = 600.0  # per request
     arrival_seed: int = 0
 
@@ -140,7 +145,10 @@ class LoadDriver:
                 conc = s.warmup_concurrency or (s.concurrency if s.mode == "closed" else 1)
                 phases["warmup"] = await self._closed(session, "warmup", conc, s.warmup_requests, s.warmup_steps)
             if s.mode == "closed":
-                phases["measure"] = await self._closed(session, "measure", s.concurrency, s.requests, None)
+                cooldown = Phase("cooldown", 0.0) if s.cooldown else None
+                phases["measure"] = await self._closed(session, "measure", s.concurrency, s.requests, None, cooldown)
+                if cooldown is not None:
+                    phases["cooldown"] = cooldown
             else:
                 phases["measure"] = await self._open(session, s.rate, s.requests)
             return phases
@@ -198,19 +206,36 @@ class LoadDriver:
         phase.end_t = self._wall(time.monotonic())
         return phase
 
-    async def _closed(self, session, name: str, concurrency: int, requests: int, steps: int | None) -> Phase:
+    async def _closed(
+        self, session, name: str, concurrency: int, requests: int, steps: int | None, cooldown: Phase | None = None
+    ) -> Phase:
+        """`concurrency` clients share `requests`; with a `cooldown` phase a client whose share is used up keeps
+        sending into it while any request of `phase` is still unanswered (a full queue until the last one is done)."""
         start = time.monotonic()
         phase = Phase(name, self._wall(start))
         send_until = start + self.spec.duration_s
-        remaining = [requests]
+        remaining, unanswered = [requests], [requests]
 
         async def client() -> None:
-            while remaining[0] > 0 and time.monotonic() < send_until:
-                remaining[0] -= 1
-                await self._one(session, phase, time.monotonic(), steps)
+            while time.monotonic() < send_until:
+                if remaining[0] > 0:
+                    remaining[0] -= 1
+                    try:
+                        await self._one(session, phase, time.monotonic(), steps)
+                    finally:
+                        unanswered[0] -= 1
+                elif cooldown is not None and unanswered[0] > 0:
+                    if not cooldown.start_t:
+                        cooldown.start_t = self._wall(time.monotonic())
+                    await self._one(session, cooldown, time.monotonic(), steps)
+                else:
+                    return
 
         tasks = [asyncio.create_task(client()) for _ in range(min(concurrency, max(requests, 1)))]
-        return await self._finish(phase, tasks, send_until + self.spec.drain_s)
+        await self._finish(phase, tasks, send_until + self.spec.drain_s)
+        if cooldown is not None:
+            cooldown.end_t = phase.end_t
+        return phase
 
     def arrival_offsets(self, rate: float, requests: int) -> list[float]:
         """Poisson process: exponential gaps with mean 1/rate, seeded, cut at the request count and duration."""

@@ -2,7 +2,9 @@
 
 Each row: PUT the Serve config with the new user_config, wait until /info shows it, warm up (one batch per warm-up
 batch, optionally with fewer steps: same shapes), then a closed loop with `clients_per_batch` x batch size clients
-(one batch running, one queued: the GPU never waits for HTTP round trips) for `batches` full batches.
+(one batch running, one queued: the GPU never waits for HTTP round trips) for `batches` full batches, kept full to the
+end by unmeasured cooldown requests (`cooldown`). `user_config` (e.g. batch_wait_timeout_s) is applied before the first
+row and, like max_batch_size, restored at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class SweepPlan:
     prompt: str = ARTICLE_PROMPT
     seed: int = ARTICLE_SEED
     endpoint: str = "generate"
+    output_format: str | None = None  # png | jpeg | webp (None: the service default, png)
+    cooldown: bool = True  # keep the queue full until the last measured request is answered (no partial tail)
+    user_config: dict = field(default_factory=dict)  # other Generator user_config for the whole sweep
     reconfigure_timeout_s: float = 180.0
 
     def requests(self, bs: int) -> tuple[int, int]:
@@ -82,10 +87,14 @@ class _Budget:
 
 
 def run_sweep(control: ServeControl, plan: SweepPlan, run: RunFile, sampler=None) -> None:
-    original = (control.info()["generator"].get("user_config") or {}).get("max_batch_size")
+    current = control.info()["generator"].get("user_config") or {}
+    original = {k: current.get(k) for k in ("max_batch_size", *plan.user_config)}
     budget = _Budget(plan)
     failures = 0
     try:
+        if plan.user_config:
+            control.apply_user_config(plan.user_config, timeout_s=plan.reconfigure_timeout_s)
+            logger.info("user_config for this sweep: %s (was %s)", plan.user_config, original)
         for w, h, sizes in plan.grid:
             for bs in sizes:
                 key = {"width": w, "height": h, "steps": plan.steps, "batch_size": bs}
@@ -106,9 +115,9 @@ def run_sweep(control: ServeControl, plan: SweepPlan, run: RunFile, sampler=None
                 budget.record(w, h, summary.get("s_per_image"))
     finally:
         try:
-            control.apply_user_config({"max_batch_size": original}, timeout_s=plan.reconfigure_timeout_s)
+            control.apply_user_config(original, timeout_s=plan.reconfigure_timeout_s)
         except Exception as exc:
-            logger.warning("could not restore max_batch_size=%s: %s", original, exc)
+            logger.warning("could not restore user_config %s: %s", original, exc)
 
 
 def _row(control: ServeControl, plan: SweepPlan, run: RunFile, sampler, key: dict) -> dict:
@@ -117,7 +126,7 @@ def _row(control: ServeControl, plan: SweepPlan, run: RunFile, sampler, key: dic
     gen = control.set_max_batch_size(bs, timeout_s=plan.reconfigure_timeout_s)
     eff = gen["batching"]["effective_max_batch"]
     logger.info("max_batch_size=%d applied in %.1fs (effective %s)", bs, time.monotonic() - t0, eff)
-    workload = Workload(w, h, plan.steps, plan.prompt_mode, plan.prompt, plan.seed, plan.endpoint)
+    workload = Workload(w, h, plan.steps, plan.prompt_mode, plan.prompt, plan.seed, plan.endpoint, plan.output_format)
     warm, measured = plan.requests(bs)
     spec = LoadSpec(
         mode="closed",
@@ -128,6 +137,7 @@ def _row(control: ServeControl, plan: SweepPlan, run: RunFile, sampler, key: dic
         warmup_requests=warm,
         warmup_steps=plan.warmup_steps,
         timeout_s=plan.request_timeout_s,
+        cooldown=plan.cooldown,
     )
     with request_bar(warm + measured, f"{w}x{h} bs={bs}") as on_done:
         phases = run_load(control.url, workload, spec, on_done=on_done, headers=control.auth_headers)
@@ -144,6 +154,7 @@ def _row(control: ServeControl, plan: SweepPlan, run: RunFile, sampler, key: dic
         "replica_restarted": gen.get("restarted"),
         "warmup_requests": warm,
         "warmup_ok": sum(r["outcome"] == "ok" for r in records if r["phase"] == "warmup"),
+        "cooldown_requests": sum(r["phase"] == "cooldown" for r in records),
     }
     summary = run.add_row(key, stats, samples, extra, records)
     log_row(summary)

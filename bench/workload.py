@@ -27,13 +27,16 @@ class Workload:
     mode: str = "article"  # "article": same prompt + seed 42 every time; "varied": cycle prompts, seed + i
     prompt: str = ARTICLE_PROMPT
     seed: int = ARTICLE_SEED
-    endpoint: str = "generate"  # "generate" (PNG bytes) or "openai" (/v1/images/generations, b64 JSON)
+    endpoint: str = "generate"  # "generate" (image bytes) or "openai" (/v1/images/generations, b64 JSON)
+    output_format: str | None = None  # png | jpeg | webp; None: the service's default (png), field not sent
 
     def __post_init__(self):
         if self.mode not in ("article", "varied"):
             raise ValueError(f"unknown prompt mode {self.mode!r} (article | varied)")
         if self.endpoint not in ("generate", "openai"):
             raise ValueError(f"unknown endpoint {self.endpoint!r} (generate | openai)")
+        if self.output_format not in (None, "png", "jpeg", "webp"):
+            raise ValueError(f"unknown output format {self.output_format!r} (png | jpeg | webp)")
 
     def prompt_seed(self, i: int) -> tuple[str, int]:
         if self.mode == "article":
@@ -44,6 +47,7 @@ class Workload:
         """(path, JSON body) of request number i."""
         prompt, seed = self.prompt_seed(i)
         steps = self.steps if steps is None else steps
+        fmt = {"output_format": self.output_format} if self.output_format else {}
         if self.endpoint == "openai":
             body = {
                 "prompt": prompt,
@@ -52,6 +56,7 @@ class Workload:
                 "response_format": "b64_json",
                 "seed": seed,
                 "num_inference_steps": steps,
+                **fmt,
             }
             return "/v1/images/generations", body
         return "/generate", {
@@ -60,6 +65,7 @@ class Workload:
             "height": self.height,
             "num_inference_steps": steps,
             "seed": seed,
+            **fmt,
         }
 
     def describe(self) -> dict:
@@ -71,5 +77,6 @@ class Workload:
             "prompt": self.prompt if self.mode == "article" else list(VARIED_PROMPTS),
             "seed": self.seed,
             "endpoint": self.endpoint,
+            "output_format": self.output_format or "png",
             "guidance_scale": 0.0,
         }

@@ -122,6 +122,33 @@ def encode_padding_times(pipe, runner: ZImageRunner, batches: list[int], reps: i
     return rows
 
 
+def text_encoder_compile_times(pipe, runner: ZImageRunner, batches: list[int], reps: int) -> dict:
+    """The encode stage eager, then with the text encoder's layers compiled (deployments.compilation), same prompts:
+    time, first-call (compile) time, and the largest embedding difference."""
+    from deployments.compilation import compile_text_encoder
+
+    prompts = {bs: [PROMPT] * bs for bs in batches}
+    eager = {}
+    for bs in batches:
+        runner.encode(prompts[bs])
+        best, _, embeds = timed(lambda bs=bs: runner.encode(prompts[bs]), reps)
+        eager[bs] = (best, embeds)
+    layers = compile_text_encoder(pipe)
+    rows = []
+    for bs in batches:
+        t0 = time.perf_counter()
+        runner.encode(prompts[bs])
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        best, _, embeds = timed(lambda bs=bs: runner.encode(prompts[bs]), reps)
+        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(embeds, eager[bs][1], strict=True))
+        rows.append(
+            {"batch": bs, "eager_s": eager[bs][0], "compiled_s": best, "first_call_s": first, "max_abs_diff": diff}
+        )
+        logger.info("text encoder bs=%d: %s", bs, rows[-1])
+    return {"layers": layers, "prompt_tokens": runner._token_count(PROMPT), "rows": rows}
+
+
 def new_size_times(runner: ZImageRunner) -> list[dict]:
     """First and second 1-step request at sizes the compiled DiT/decoder have not seen: what a request at a new size
     pays in recompiles (`new_graphs`), e.g. the first 512x512 request on a replica warmed up at 1024x1024."""
@@ -264,6 +291,9 @@ def main() -> None:
                 out["encode_padding"] = encode_padding_times(pipe, runner, args.batch, args.reps)
                 save()
                 continue
+            if lever == "te_compile":  # then a row: everything before + the compiled text encoder
+                out["te_compile"] = text_encoder_compile_times(pipe, runner, args.batch, args.reps)
+                save()
             if lever == "new_sizes":
                 sizes = new_size_times(runner)
                 out.setdefault("new_sizes", []).append({"after": out["rows"][-1]["lever"], "rows": sizes})

@@ -6,6 +6,9 @@
 #   perf/run_gpu_perf.sh levers2  # + kernel-time profile, VAE conv tuning, opt-in FP8, max-autotune -> $OUT/levers*.json
 #   perf/run_gpu_perf.sh fp8rowwise  # real-length encode, new-size recompiles, the service's FP8 DiT -> $OUT/levers*
 #   perf/run_gpu_perf.sh latency2    # FP8 cold start, concurrency-1 latency FP8 and bf16 -> $OUT/
+#   perf/run_gpu_perf.sh levers3     # FP8 in-process at batch 1/8/12, compiled text encoder, bs-1 profile -> $OUT/
+#   perf/run_gpu_perf.sh served3     # one FP8 service as a user runs it: throughput 8/12, latency PNG/JPEG -> $OUT/
+# levers3 then served3 on one machine: the service starts from the Inductor cache levers3 filled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-out}; mkdir -p "$OUT"
@@ -56,5 +59,41 @@ case "${1:-}" in
         --clients-per-batch 1 --batches 20 --min-requests 20 --out "$OUT/concurrency1-$cfg" \
         > "$OUT/concurrency1-$cfg.log" 2>&1 || echo "sweep $cfg exit $?"
     done ;;
-  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2" >&2; exit 2 ;;
+  levers3)  # the in-process reference for served3 (same graphs, same cache dir), then the compiled text encoder
+    TORCHINDUCTOR_CACHE_DIR=/tmp/zimage-inductor-cache-fp8 timeout 560 python -m perf.levers \
+      --out "$OUT/levers_te_compile.json" --batch 1 8 12 --profile-batch 1 \
+      --levers runner fp8_rowwise te_compile profile > "$OUT/levers_te_compile.log" 2>&1 || echo "levers3 exit $?" ;;
+  served3)  # `ray start` + `serve deploy` (as in the README), production batching (max 12, wait 0.05 s), then rows
+    cfg="$OUT/served3_config.yaml"; url=http://127.0.0.1:8000
+    python - "${BENCH_CONFIG:-bench/configs/h100_random_full_fp8.yaml}" "$cfg" <<'PY'
+import os, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+app = cfg["applications"][0]
+app["args"]["compile_text_encoder"] = os.environ.get("COMPILE_TEXT_ENCODER", "0") == "1"
+gen = next(d for d in app["deployments"] if d["name"] == "Generator")
+gen["user_config"].update(max_batch_size=int(os.environ.get("PROD_BATCH", "12")), batch_wait_timeout_s=0.05)
+yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" --dashboard-host 127.0.0.1 \
+      --disable-usage-stats > "$OUT/ray_start.log" 2>&1
+    # deploy as `serve deploy` does (Serve REST API), with the token `ray start` wrote (Ray 2.60's CLI needs
+    # RAY_AUTH_MODE=token to find it; bench's ServeControl looks for it itself)
+    python -c "import json, sys, yaml; from bench.serve_control import ServeControl
+c = ServeControl('http://127.0.0.1:8265', sys.argv[1]); c.deploy(yaml.safe_load(open(sys.argv[2])))
+json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$OUT/ready_info.json" \
+      > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
+    sweep=(python -m bench sweep --url "$url" --config "$cfg")
+    size=${SIZE:-1024}
+    timeout 240 "${sweep[@]}" --grid "$size=${THROUGHPUT_BATCHES:-8,12}" --batches 8 --out "$OUT/throughput" \
+      > "$OUT/throughput.log" 2>&1 || echo "throughput exit $?"
+    for fmt in png jpeg; do  # max_batch_size 1 per row: no batch wait, the floor of a request's latency
+      timeout 90 "${sweep[@]}" --grid "$size=1" --clients-per-batch 1 --batches 20 --min-requests 20 \
+        --output-format "$fmt" --out "$OUT/c1-$fmt" > "$OUT/c1-$fmt.log" 2>&1 || echo "c1 $fmt exit $?"
+    done
+    # a lone request at the production batch size: it waits batch_wait_timeout_s for company that never comes
+    timeout 90 python -m bench run --url "$url" --size "$size" --concurrency 1 --requests 20 --warmup-requests 2 \
+      --out "$OUT/c1-prodbatch-png" > "$OUT/c1-prodbatch-png.log" 2>&1 || echo "c1 prod exit $?"
+    python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2|levers3|served3" >&2
+     exit 2 ;;
 esac

@@ -132,3 +132,29 @@ def test_counts_reconcile_with_every_outcome():
     ok = [r for r in recs if r["outcome"] == "ok"]
     assert all(r["batch_size"] == 3 and r["inference_ms"] == 812.5 and r["status"] == 200 for r in ok)
     assert all(r["status"] == 503 for r in recs if r["outcome"] == "rejected")
+
+
+def _in_flight_at(records, t: float) -> int:
+    return sum(r.sent_t <= t < r.done_t for r in records)
+
+
+@pytest.mark.parametrize("cooldown", [True, False])
+def test_cooldown_keeps_the_load_on_until_the_last_measured_answer(cooldown):
+    """3 clients, 5 measured requests, 0.3 s each: the 2 measured requests of the second round run alongside a third,
+    unmeasured one with cooldown (a batching server would see full batches to the end); without it they run 2 of 3."""
+    spec = LoadSpec(mode="closed", concurrency=3, requests=5, duration_s=30, cooldown=cooldown)
+    with FakeServer(delay_s=0.3) as server:
+        phases = run_load(server.url, WORKLOAD, spec)
+        arrivals = len(server.arrivals)
+    measured = phases["measure"].records
+    assert len(measured) == 5 and all(r.outcome == "ok" for r in measured)
+    cool = phases["cooldown"].records if cooldown else []
+    assert ("cooldown" in phases) == cooldown and arrivals == 5 + len(cool)
+    last_done = max(r.done_t for r in measured)
+    everything = measured + cool
+    assert _in_flight_at(everything, last_done - 0.1) == (3 if cooldown else 2)
+    if cooldown:  # sent only after the measured share was used up, and never more than the clients that were free
+        assert 1 <= len(cool) <= 3 and min(r.sent_t for r in cool) >= max(r.sent_t for r in measured)
+        assert all(r.phase == "cooldown" for r in cool)
+    s = request_stats([r.as_dict() for r in measured])
+    assert s["sent"] == s["ok"] == 5

@@ -182,3 +182,30 @@ def test_comparison_report_shows_ratios(tmp_path):
     paths = write_comparison(serve, base, tmp_path / "report")
     assert "Serve / in-process throughput" in paths["report"].read_text()
     assert paths["plot_compare"].stat().st_size > 10_000
+
+
+def test_workload_sends_the_output_format_only_when_asked():
+    from bench.workload import Workload
+
+    assert "output_format" not in Workload().request(0)[1]
+    path, body = Workload(output_format="jpeg").request(0)
+    assert path == "/generate" and body["output_format"] == "jpeg"
+    path, body = Workload(endpoint="openai", output_format="webp").request(0)
+    assert path == "/v1/images/generations" and body["output_format"] == "webp"
+    with pytest.raises(ValueError, match="output format"):
+        Workload(output_format="gif")
+
+
+def test_sweep_user_config_parses_yaml_scalars_and_refuses_the_per_row_key():
+    import argparse
+
+    from bench.cli import parse_user_config
+
+    assert parse_user_config(["batch_wait_timeout_s=0", "memory_mode=gpu", "x=null"]) == {
+        "batch_wait_timeout_s": 0,
+        "memory_mode": "gpu",
+        "x": None,
+    }
+    for bad in (["batch_wait_timeout_s"], ["=1"], ["max_batch_size=4"]):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_user_config(bad)
