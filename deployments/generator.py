@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from ray import serve
 
+from deployments.batch_gate import BatchGate
 from deployments.batch_planning import MemoryClamp, group_by_shape, is_oom, run_with_oom_split, select_tier
 from deployments.compilation import compile_dit, compile_text_encoder, second_warm_up_side
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode, Tier
@@ -92,6 +93,7 @@ class ZImageGenerator:
         self.ready_s: float | None = None
         self.fp8_layers = 0
         self.text_encoder_compiled_layers = 0
+        self.gate = BatchGate(lambda: self.state.effective_max_batch)  # batches form when the GPU is free
         if self.gpu is not None:
             self.state.vram_gb = self.gpu.total_gb
             if self.cfg.emulate_vram_gb:
@@ -254,10 +256,18 @@ class ZImageGenerator:
         if self.runner is None:
             self.reconfigure({})
         arrival = time.perf_counter()
+        await self.gate.enter()
         return await self.generate_batch((spec, arrival))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def generate_batch(self, items: list[tuple[GenerationSpec, float]]) -> list[GenerationResult]:
+        self.gate.batch_started()
+        try:
+            return await self._generate_batch(items)
+        finally:
+            self.gate.batch_finished()
+
+    async def _generate_batch(self, items: list[tuple[GenerationSpec, float]]) -> list[GenerationResult]:
         batch_start = time.perf_counter()
         specs = [spec for spec, _ in items]
         results: list[GenerationResult | None] = [None] * len(items)

@@ -7,16 +7,18 @@ shape, seeds) so the test can see what reached the pipeline inside the replica.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 
+import httpx
 import pytest
 from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
 from tests.fakes import WrappingFactory
-from tests.http_client import get_json, png_array, post_concurrently
+from tests.http_client import BASE_URL, get_json, png_array, post_concurrently
 from tests.serve_harness import HTTP_PORT, WORKER_ENV, tiny_config, wait_healthy
 
 
@@ -69,6 +71,39 @@ def test_different_shapes_never_share_a_pipeline_call(recorded):
         assert png_array(response.content).shape == (body["height"], body["width"], 3)
         multi[shape] += call["batch"] > 1
     assert len([s for s in multi if multi[s]]) >= 2, multi  # shapes were batched while mixed in the queue
+
+
+def test_requests_arriving_during_a_batch_share_the_next_one(recorded):
+    """Ray Serve >= 2.47 closes a batch `batch_wait_timeout_s` after its first request even while the previous batch
+    still runs, so requests trickling in during a long batch used to run as batches of one after it. The Generator's
+    BatchGate holds them until the GPU is free: four requests sent one by one (further apart than the 50 ms wait)
+    during a ~1.5 s batch share one pipeline call after it."""
+    slow = [
+        {"prompt": f"a boat {i}", "seed": 4000 + i, "width": 512, "height": 512, "num_inference_steps": 16}
+        for i in range(4)
+    ]
+    later = [{"prompt": f"a bird {i}", "seed": 4100 + i, "num_inference_steps": 2} for i in range(4)]
+
+    async def go():
+        async with httpx.AsyncClient(base_url=BASE_URL, timeout=180, limits=httpx.Limits(max_connections=16)) as c:
+            first = [asyncio.create_task(c.post("/generate", json=b)) for b in slow]
+            await asyncio.sleep(0.3)  # arrival pacing: the slow batch has started
+            rest = []
+            for body in later:
+                rest.append(asyncio.create_task(c.post("/generate", json=body)))
+                await asyncio.sleep(0.15)
+            last_sent = time.monotonic()
+            slow_responses = await asyncio.gather(*first)
+            slow_done = time.monotonic()
+            return slow_responses, await asyncio.gather(*rest), last_sent, slow_done
+
+    slow_responses, later_responses, last_sent, slow_done = asyncio.run(go())
+    assert [r.status_code for r in slow_responses + later_responses] == [200] * 8
+    assert slow_done > last_sent, "the slow batch ended before the last request came: the test proves nothing"
+    calls = recorded.calls()
+    later_calls = {tuple(_call_of(calls, b["seed"])["seeds"]) for b in later}
+    assert later_calls == {tuple(b["seed"] for b in later)}, later_calls  # one call, all four, in arrival order
+    assert [int(r.headers["X-Batch-Size"]) for r in later_responses] == [4] * 4
 
 
 # ---- live reconfigure ---------------------------------------------------------------------------------------------
