@@ -93,7 +93,7 @@ class ZImageGenerator:
         self.ready_s: float | None = None
         self.fp8_layers = 0
         self.text_encoder_compiled_layers = 0
-        self.gate = BatchGate(lambda: self.state.effective_max_batch)  # batches form when the GPU is free
+        self.gate = BatchGate(lambda: self.state.effective_max_batch, lambda: self.state.batch_wait_timeout_s)
         if self.gpu is not None:
             self.state.vram_gb = self.gpu.total_gb
             if self.cfg.emulate_vram_gb:
@@ -256,18 +256,11 @@ class ZImageGenerator:
         if self.runner is None:
             self.reconfigure({})
         arrival = time.perf_counter()
-        await self.gate.enter()
-        return await self.generate_batch((spec, arrival))
+        async with self.gate.slot():  # joins a batch only while the GPU is free (deployments/batch_gate.py)
+            return await self.generate_batch((spec, arrival))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def generate_batch(self, items: list[tuple[GenerationSpec, float]]) -> list[GenerationResult]:
-        self.gate.batch_started()
-        try:
-            return await self._generate_batch(items)
-        finally:
-            self.gate.batch_finished()
-
-    async def _generate_batch(self, items: list[tuple[GenerationSpec, float]]) -> list[GenerationResult]:
         batch_start = time.perf_counter()
         specs = [spec for spec, _ in items]
         results: list[GenerationResult | None] = [None] * len(items)

@@ -1,4 +1,4 @@
-"""BatchGate on its own (asyncio, no Serve): who gets into the batch being formed, and when. The Serve-level effect
+"""BatchGate on its own (asyncio, no Serve): who may join the batch being formed, and when. The Serve-level effect
 is tests/test_service_batching.py::test_requests_arriving_during_a_batch_share_the_next_one."""
 
 from __future__ import annotations
@@ -8,51 +8,82 @@ import asyncio
 from deployments.batch_gate import BatchGate
 
 
-def _run(coro):
-    return asyncio.run(coro)
+class Requests:
+    """Requests that enter the gate and hold their place until `answer()` (their batch returned)."""
+
+    def __init__(self, gate: BatchGate):
+        self.gate, self.joined, self.tasks, self._answers = gate, [], {}, {}
+
+    async def send(self, *names: str) -> None:
+        for name in names:
+            self._answers[name] = asyncio.Event()
+            self.tasks[name] = asyncio.create_task(self._one(name))
+        for _ in range(5):  # let them reach the gate
+            await asyncio.sleep(0)
+
+    async def _one(self, name: str) -> None:
+        async with self.gate.slot():
+            self.joined.append(name)
+            await self._answers[name].wait()
+
+    async def answer(self, *names: str) -> None:
+        for name in names:
+            self._answers[name].set()
+        await asyncio.gather(*(self.tasks[n] for n in names), return_exceptions=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
 
 
-async def _enter_all(gate: BatchGate, n: int, order: list[int]) -> list[asyncio.Task]:
-    async def one(i: int) -> None:
-        await gate.enter()
-        order.append(i)
-
-    tasks = [asyncio.create_task(one(i)) for i in range(n)]
-    for _ in range(5):  # let every task reach the gate
-        await asyncio.sleep(0)
-    return tasks
-
-
-def test_idle_gate_admits_one_batch_then_holds_the_rest_until_the_batch_ends():
+def test_one_batch_per_idle_spell_in_arrival_order_with_the_live_capacity():
     async def go():
         cap = [3]
-        gate, order = BatchGate(lambda: cap[0]), []
-        tasks = await _enter_all(gate, 5, order)
-        assert order == [0, 1, 2] and gate.waiting == 2  # one batch's worth while idle
-        gate.batch_started()
-        more = await _enter_all(gate, 2, [])
-        assert gate.waiting == 4  # nobody enters while the batch runs
+        r = Requests(BatchGate(lambda: cap[0], lambda: 10.0))
+        await r.send("a", "b", "c", "d", "e")
+        assert r.joined == ["a", "b", "c"] and r.gate.waiting == 2  # one batch's worth
+        await r.answer("a", "b")
+        await r.send("f")
+        assert r.joined == ["a", "b", "c"]  # nobody joins while any admitted request is unanswered
         cap[0] = 2  # live max_batch_size change
-        gate.batch_finished()
-        await asyncio.sleep(0)
-        assert order == [0, 1, 2, 3, 4] and gate.waiting == 2  # arrival order, at most the new capacity
-        gate.batch_started()
-        gate.batch_finished()
-        await asyncio.gather(*tasks, *more)
+        await r.answer("c")
+        assert r.joined == ["a", "b", "c", "d", "e"] and r.gate.waiting == 1
+        await r.answer("d", "e")
+        assert r.joined[-1] == "f"
+        await r.answer("f")
 
-    _run(go())
+    asyncio.run(go())
 
 
-def test_cancelled_requests_do_not_take_a_place():
+def test_the_spell_closes_after_the_batch_wait():
+    """A request later than batch_wait_timeout_s after the first would miss Serve's batch and be batched alone,
+    ahead of everyone who arrives during the GPU batch; it waits for the next spell instead."""
+
     async def go():
-        gate, order = BatchGate(lambda: 2), []
-        gate.batch_started()
-        tasks = await _enter_all(gate, 4, order)
-        tasks[0].cancel()  # client went away while waiting
-        await asyncio.sleep(0)
-        gate.batch_finished()
-        tasks[1].cancel()  # admitted, then cancelled before it joined the batch: its place goes to the next
-        await asyncio.gather(*tasks, return_exceptions=True)
-        assert sorted(order) == [2, 3] and gate.waiting == 0
+        r = Requests(BatchGate(lambda: 8, lambda: 0.05))
+        await r.send("a")
+        await asyncio.sleep(0.1)
+        await r.send("late")
+        assert r.joined == ["a"] and r.gate.waiting == 1
+        await r.answer("a")
+        assert r.joined == ["a", "late"]
+        await r.answer("late")
 
-    _run(go())
+    asyncio.run(go())
+
+
+def test_cancelled_requests_give_their_place_back_and_never_wedge_the_gate():
+    async def go():
+        r = Requests(BatchGate(lambda: 2, lambda: 10.0))
+        await r.send("a", "b", "c", "d")
+        r.tasks["c"].cancel()  # client went away while waiting
+        r.tasks["a"].cancel()  # ... or while its batch ran
+        r.tasks["b"].cancel()
+        await asyncio.gather(*(r.tasks[n] for n in "abc"), return_exceptions=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert r.joined == ["a", "b", "d"] and r.gate.waiting == 0  # "c" never joined; "d" did once a, b were gone
+        await r.answer("d")
+        await r.send("e")
+        assert r.joined[-1] == "e"  # the gate is open again
+        await r.answer("e")
+
+    asyncio.run(go())
