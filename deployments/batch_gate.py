@@ -23,9 +23,15 @@ from contextlib import asynccontextmanager
 
 
 class BatchGate:
-    def __init__(self, capacity: Callable[[], int], wait_s: Callable[[], float]):
+    def __init__(
+        self,
+        capacity: Callable[[], int],
+        wait_s: Callable[[], float],
+        on_waiting: Callable[[int], None] = lambda n: None,
+    ):
         self._capacity = capacity  # live effective max batch size
         self._wait_s = wait_s  # live batch_wait_timeout_s
+        self._on_waiting = on_waiting  # metrics: how many wait here
         self._in_flight = 0  # admitted and not answered yet
         self._admitted = 0  # in this spell
         self._spell_start: float | None = None
@@ -63,11 +69,14 @@ class BatchGate:
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        self._on_waiting(self.waiting)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():  # admitted, then cancelled before joining: give the place back
                 self._leave()
+            else:
+                self._on_waiting(self.waiting)
             raise
 
     def _leave(self) -> None:
@@ -83,3 +92,4 @@ class BatchGate:
                 continue
             self._admit()
             fut.set_result(None)
+        self._on_waiting(self.waiting)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from diffusers import ZImagePipeline
 
 from deployments.config import MemoryMode, RequestLimits
@@ -58,17 +57,3 @@ def second_warm_up_side(limits: RequestLimits, seen: int) -> int | None:
     (46 s on an H100 with an empty cache, bench/results/h100-levers/run6), after which no size recompiles."""
     side = limits.min_side if limits.min_side != seen else limits.max_side
     return None if side == seen else side
-
-
-def compile_text_encoder(pipe: ZImagePipeline) -> int:
-    """Compile the Qwen3 text encoder's decoder layers (one graph for all 36: same code, dynamic sequence length).
-
-    A prompt is ~20-100 tokens, so the encoder's eager pass is bound by kernel launches, not FLOPs (an unfused
-    RMSNorm alone is 7 kernels); fusing them shortens the encode stage that every batch of one pays in full.
-    Returns the number of layers compiled."""
-    encoder = pipe.text_encoder
-    layers = getattr(encoder, "model", encoder).layers  # Qwen3Model (diffusers) or a ForCausalLM wrapper
-    for layer in layers:  # forward, not the module call: transformers collects hidden states with forward hooks
-        layer.forward = torch.compile(layer.forward, dynamic=True)
-    logger.info("text encoder: %d decoder layers compiled (dynamic sequence length)", len(layers))
-    return len(layers)

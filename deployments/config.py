@@ -163,11 +163,6 @@ class AppConfig(_Strict):
         description="With compile: also compile the VAE decoder (H100, 1024^2: decode 98 -> 44 ms/img, +5% img/s; "
         "costs +43 s of cold start on an empty Inductor cache, +7.5 s with a warm one).",
     )
-    compile_text_encoder: bool = Field(
-        False,
-        description="With compile, text encoder resident on the GPU: also compile the Qwen3 text encoder's layers "
-        "(a prompt is tens of tokens, so its eager pass is bound by kernel launches).",
-    )
     fp8_dit: bool = Field(
         False,
         description="Opt-in: the DiT's large linear layers as FP8 (e4m3, per-row scales) GEMMs. Needs compile and a "

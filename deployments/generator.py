@@ -20,7 +20,7 @@ from ray import serve
 
 from deployments.batch_gate import BatchGate
 from deployments.batch_planning import MemoryClamp, group_by_shape, is_oom, run_with_oom_split, select_tier
-from deployments.compilation import compile_dit, compile_text_encoder, second_warm_up_side
+from deployments.compilation import compile_dit, second_warm_up_side
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode, Tier
 from deployments.fp8 import fp8_supported, quantize_dit_fp8
 from deployments.gpu_info import GpuInfo, probe_gpu
@@ -84,6 +84,11 @@ class ZImageGenerator:
         self.gpu: GpuInfo | None = probe_gpu() if self.device == "cuda" else None
         self.replica = _replica_name()
         self.metrics = GeneratorMetrics()
+        self.gate = BatchGate(  # batches form when the GPU is free (deployments/batch_gate.py)
+            lambda: self.state.effective_max_batch,
+            lambda: self.state.batch_wait_timeout_s,
+            lambda n: self.metrics.gate_waiting.set(n),
+        )
         self.state = BatchingState()
         self.runner: ZImageRunner | None = None
         self.user_config: GeneratorUserConfig | None = None
@@ -92,8 +97,6 @@ class ZImageGenerator:
         self.started_at = time.time()
         self.ready_s: float | None = None
         self.fp8_layers = 0
-        self.text_encoder_compiled_layers = 0
-        self.gate = BatchGate(lambda: self.state.effective_max_batch, lambda: self.state.batch_wait_timeout_s)
         if self.gpu is not None:
             self.state.vram_gb = self.gpu.total_gb
             if self.cfg.emulate_vram_gb:
@@ -166,8 +169,6 @@ class ZImageGenerator:
         self.fp8_layers = self._quantize_fp8(pipe, mode) if self.cfg.fp8_dit else 0
         if self.cfg.compile and self.device == "cuda":
             compile_dit(pipe, mode, self.cfg.compile_cache_dir, vae=self.cfg.compile_vae)
-            if self.cfg.compile_text_encoder and mode is MemoryMode.GPU:  # streamed encoders are not compiled
-                self.text_encoder_compiled_layers = compile_text_encoder(pipe)
         self.state.memory_mode = mode
         for m in MemoryMode:
             if m is not MemoryMode.AUTO:
@@ -360,14 +361,10 @@ class ZImageGenerator:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "gpu": {"name": self.gpu.name, "total_gb": round(self.gpu.total_gb, 2)} if self.gpu else None,
-            "batching": self.state.as_dict(),
+            "batching": {**self.state.as_dict(), "waiting_for_gpu": self.gate.waiting},
             "user_config": uc.model_dump(mode="json") if uc else None,
             "compile": self.cfg.compile,
             "compile_vae": self.cfg.compile and self.cfg.compile_vae,
-            "compile_text_encoder": {
-                "enabled": self.cfg.compile_text_encoder,
-                "compiled_layers": self.text_encoder_compiled_layers,
-            },
             "fp8_dit": {"enabled": self.cfg.fp8_dit, "fp8_linear_layers": self.fp8_layers},
             "ready_s": self.ready_s,
             "pid": os.getpid(),

@@ -117,6 +117,10 @@ class GeneratorMetrics:
         self.memory_mode = StateGauge(
             "zimage_memory_mode", description="1 for the replica's memory mode.", tag_keys=("mode",)
         )
+        self.gate_waiting = StateGauge(
+            "zimage_batch_gate_waiting",
+            description="Requests waiting for the running batch to end before they may join the next one.",
+        )
         self.oom_splits = metrics.Counter(
             "zimage_oom_splits", description="CUDA OOM errors that split a batch in halves."
         )

@@ -150,7 +150,8 @@ BATCHING = RowSpec(
         PanelSpec(
             "Queue length",
             "Requests waiting at handles for a replica slot (by deployment), waiting in a Generator replica's "
-            "@serve.batch queue, and ongoing at replicas (includes those in the batch queue).",
+            "@serve.batch queue, ongoing at replicas (includes both queues), and waiting in a Generator replica "
+            "for the running batch to end (the batch gate: the next batch forms when the GPU is free).",
             (
                 Query(
                     _agg("sum", "ray_serve_deployment_queued_queries", SEL, "deployment"),
@@ -158,6 +159,7 @@ BATCHING = RowSpec(
                 ),
                 Query(_agg("sum", "ray_serve_batch_queue_length", REP, "replica"), "in batch queue: {{replica}}"),
                 Query(_agg("sum", "ray_serve_replica_processing_queries", SEL, "deployment"), "ongoing {{deployment}}"),
+                Query(_agg("sum", "ray_zimage_batch_gate_waiting", REP, "replica"), "waiting for the GPU: {{replica}}"),
             ),
         ),
         PanelSpec(

@@ -69,7 +69,6 @@ case "${1:-}" in
 import os, sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 app = cfg["applications"][0]
-app["args"]["compile_text_encoder"] = os.environ.get("COMPILE_TEXT_ENCODER", "0") == "1"
 gen = next(d for d in app["deployments"] if d["name"] == "Generator")
 gen["user_config"].update(max_batch_size=int(os.environ.get("PROD_BATCH", "12")), batch_wait_timeout_s=0.05)
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
