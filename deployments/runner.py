@@ -46,10 +46,13 @@ class ZImageRunner:
         self.decode_chunk = decode_chunk
         self.batch_encode = batch_encode
         pipe.set_progress_bar_config(disable=True)
+        # diffusers walks every module of every component for this (~1,500 in Z-Image: ms per call, several calls
+        # per batch); placement is fixed for the runner's life (the Generator makes a new runner when it moves)
+        self._device = pipe._execution_device
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        return self._device
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

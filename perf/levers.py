@@ -101,6 +101,31 @@ def kernel_time_breakdown(fn) -> dict:
     }
 
 
+def cpu_time_breakdown(pipe, runner: ZImageRunner, bs: int) -> dict:
+    """cProfile of one batch (top functions by own and cumulative time) and the cost of diffusers'
+    `_execution_device` lookup, which walks every module of the pipeline."""
+    import cProfile
+    import io
+    import pstats
+
+    prompts, seeds = [PROMPT] * bs, list(range(bs))
+    runner.run(prompts, seeds, SHAPE)
+    t0 = time.perf_counter()
+    devices = [pipe._execution_device for _ in range(20)]
+    lookup_s = (time.perf_counter() - t0) / 20
+    prof = cProfile.Profile()
+    prof.enable()
+    wall = timed(lambda: runner.run(prompts, seeds, SHAPE), 1)[0]
+    prof.disable()
+    tables = {}
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(30)
+        tables[key] = buf.getvalue()
+    logger.info("cpu profile bs=%d: wall %.3f s, _execution_device %.4f s (%s)", bs, wall, lookup_s, devices[0])
+    return {"batch": bs, "wall_s_under_cprofile": wall, "execution_device_lookup_s": lookup_s, **tables}
+
+
 def encode_padding_times(pipe, runner: ZImageRunner, batches: list[int], reps: int) -> list[dict]:
     """Text encoding as the pipeline does it (every prompt padded to 512 tokens) vs the runner (real length)."""
     rows = []
@@ -325,6 +350,12 @@ def main() -> None:
                 pipe.transformer.compile_repeated_blocks(
                     fullgraph=True, dynamic=True, mode="max-autotune-no-cudagraphs"
                 )
+            if lever == "cpu_profile":  # where a batch's wall time goes on the CPU side (Python), beyond its kernels
+                out.setdefault("cpu_profiles", []).append(
+                    {"after": out["rows"][-1]["lever"], **cpu_time_breakdown(pipe, runner, args.profile_batch)}
+                )
+                save()
+                continue
             if lever == "profile":
                 bs = args.profile_batch
                 runner.run([PROMPT] * bs, list(range(bs)), SHAPE)  # warm (compiles the shape if new)

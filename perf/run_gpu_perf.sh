@@ -83,8 +83,10 @@ json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
       > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
     sweep=(python -m bench sweep --url "$url" --config "$cfg")
     size=${SIZE:-1024}
-    timeout 240 "${sweep[@]}" --grid "$size=${THROUGHPUT_BATCHES:-8,12}" --batches 8 --out "$OUT/throughput" \
-      > "$OUT/throughput.log" 2>&1 || echo "throughput exit $?"
+    if [[ "${THROUGHPUT_BATCHES:-8,12}" != none ]]; then  # THROUGHPUT_BATCHES=none: latency rows only
+      timeout 240 "${sweep[@]}" --grid "$size=${THROUGHPUT_BATCHES:-8,12}" --batches 8 --out "$OUT/throughput" \
+        > "$OUT/throughput.log" 2>&1 || echo "throughput exit $?"
+    fi
     for fmt in png jpeg; do  # max_batch_size 1 per row: no batch wait, the floor of a request's latency
       timeout 90 "${sweep[@]}" --grid "$size=1" --clients-per-batch 1 --batches 20 --min-requests 20 \
         --output-format "$fmt" --out "$OUT/c1-$fmt" > "$OUT/c1-$fmt.log" 2>&1 || echo "c1 $fmt exit $?"
