@@ -33,19 +33,16 @@ def parse_grid(items: list[str]) -> list[tuple[int, int, list[int]]]:
     return grid
 
 
-def parse_user_config(items: list[str]) -> dict:
-    """`batch_wait_timeout_s=0` -> {"batch_wait_timeout_s": 0}; values are YAML scalars (numbers, true, null)."""
+def user_config_item(text: str) -> tuple[str, object]:
+    """`batch_wait_timeout_s=0` -> ("batch_wait_timeout_s", 0); the value is a YAML scalar (number, true, null)."""
     import yaml
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise argparse.ArgumentTypeError(f"--user-config entry {item!r} must look like KEY=VALUE")
-        if key.strip() == "max_batch_size":
-            raise argparse.ArgumentTypeError("max_batch_size is set per row by --grid, not by --user-config")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
+    if key.strip() == "max_batch_size":
+        raise argparse.ArgumentTypeError("max_batch_size is set per row by --grid")
+    return key.strip(), yaml.safe_load(value)
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--user-config",
         action="append",
         default=[],
+        type=user_config_item,
         metavar="KEY=VALUE",
         help="Generator user_config for the whole sweep, e.g. batch_wait_timeout_s=0 (restored after)",
     )
@@ -179,7 +177,7 @@ def cmd_sweep(args) -> int:
         endpoint=args.endpoint,
         output_format=args.output_format,
         cooldown=not args.no_cooldown,
-        user_config=parse_user_config(args.user_config),
+        user_config=dict(args.user_config),
     )
     with contextlib.ExitStack() as stack:
         if args.launch:

@@ -51,6 +51,7 @@ class BatchGate:
             self._leave()
 
     def _may_admit(self) -> bool:
+        """For a new arrival: room in this spell's batch, and the spell still open (or none running)."""
         if self._admitted >= self._capacity():
             return False
         if self._spell_start is None:
@@ -86,7 +87,9 @@ class BatchGate:
             self._release()
 
     def _release(self) -> None:
-        while self._waiters and self._may_admit():
+        """A spell starts: everyone already waiting goes in, up to one batch (the wait window is for later arrivals:
+        with batch_wait_timeout_s 0 it would otherwise let one request per batch through)."""
+        while self._waiters and self._admitted < self._capacity():
             fut = self._waiters.popleft()
             if fut.done():  # cancelled while waiting
                 continue

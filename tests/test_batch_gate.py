@@ -87,3 +87,20 @@ def test_cancelled_requests_give_their_place_back_and_never_wedge_the_gate():
         await r.answer("e")
 
     asyncio.run(go())
+
+
+def test_with_no_batch_wait_everyone_already_waiting_still_joins_the_next_batch():
+    """batch_wait_timeout_s 0: no company is awaited for new arrivals, but requests that waited through the last
+    batch are all there when it ends (Serve would take them all from its queue)."""
+
+    async def go():
+        r = Requests(BatchGate(lambda: 4, lambda: 0.0))
+        await r.send("a")
+        await r.send("b", "c", "d", "e", "f")
+        assert r.joined == ["a"]
+        await r.answer("a")
+        assert r.joined == ["a", "b", "c", "d", "e"] and r.gate.waiting == 1
+        await r.answer("b", "c", "d", "e")
+        await r.answer("f")
+
+    asyncio.run(go())

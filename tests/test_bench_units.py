@@ -196,16 +196,16 @@ def test_workload_sends_the_output_format_only_when_asked():
         Workload(output_format="gif")
 
 
-def test_sweep_user_config_parses_yaml_scalars_and_refuses_the_per_row_key():
-    import argparse
+def test_sweep_user_config_parses_yaml_scalars_and_refuses_the_per_row_key(capsys):
+    from bench.cli import build_parser
 
-    from bench.cli import parse_user_config
+    def parse(*items):
+        return build_parser().parse_args(["sweep", "--url", "http://x", "--grid", "256=1", "--out", "o", *items])
 
-    assert parse_user_config(["batch_wait_timeout_s=0", "memory_mode=gpu", "x=null"]) == {
-        "batch_wait_timeout_s": 0,
-        "memory_mode": "gpu",
-        "x": None,
-    }
-    for bad in (["batch_wait_timeout_s"], ["=1"], ["max_batch_size=4"]):
-        with pytest.raises(argparse.ArgumentTypeError):
-            parse_user_config(bad)
+    items = ("batch_wait_timeout_s=0", "memory_mode=gpu", "x=null")
+    args = parse(*(arg for item in items for arg in ("--user-config", item)))
+    assert dict(args.user_config) == {"batch_wait_timeout_s": 0, "memory_mode": "gpu", "x": None}
+    for bad in ("batch_wait_timeout_s", "=1", "max_batch_size=4"):
+        with pytest.raises(SystemExit):  # argparse: usage error naming the option, not a traceback
+            parse("--user-config", bad)
+        assert "--user-config" in capsys.readouterr().err
