@@ -168,6 +168,12 @@ class AppConfig(_Strict):
         description="Opt-in: the DiT's large linear layers as FP8 (e4m3, per-row scales) GEMMs. Needs compile and a "
         "GPU of compute capability >= 8.9 (Ada, Hopper, Blackwell). Changes the numerics (README 'FP8 (opt-in)').",
     )
+    text_encoder_cuda_graphs: bool = Field(
+        True,
+        description="GPU, memory mode gpu: replay the text encoder as CUDA graphs (batch and length rounded up to "
+        "powers of two, ~22 graphs captured at start-up). A batch-1 prompt encode is launch-bound without them "
+        "(README 'Text encoder').",
+    )
     compile_cache_dir: str | None = Field(
         None, description="Persistent TorchInductor cache (e.g. on a volume) so a new replica skips recompilation."
     )

@@ -32,6 +32,8 @@ from deployments.runner import Shape, ZImageRunner
 from deployments.schemas import GenerationResult, GenerationSpec
 
 logger = logging.getLogger("ray.serve")
+ENCODER_PROBE_PROMPT = "a lighthouse on a cliff in a storm, oil painting"
+ENCODER_TOLERANCE = 0.05  # relative L2 vs the pipeline's pass; bf16 kernel numerics differ by shape, a wrong layer not
 
 
 def resolve_device(setting: str) -> str:
@@ -97,6 +99,7 @@ class ZImageGenerator:
         self.started_at = time.time()
         self.ready_s: float | None = None
         self.fp8_layers = 0
+        self.encoder_info: dict = {}
         if self.gpu is not None:
             self.state.vram_gb = self.gpu.total_gb
             if self.cfg.emulate_vram_gb:
@@ -124,7 +127,7 @@ class ZImageGenerator:
             st.tier, mode = None, MemoryMode.GPU
             desired = uc.max_batch_size or uc.cpu_max_batch_size
         if self.runner is None or mode is not st.memory_mode:
-            self._load(mode)
+            self._load(mode, desired)
         st.desired_max_batch = desired
         st.batch_wait_timeout_s = uc.batch_wait_timeout_s
         self.user_config = uc
@@ -152,7 +155,7 @@ class ZImageGenerator:
         self.metrics.max_batch_size.set(st.effective_max_batch)
         self.metrics.tier_vram_gb.set(st.vram_gb or 0.0)
 
-    def _load(self, mode: MemoryMode) -> None:
+    def _load(self, mode: MemoryMode, max_batch: int) -> None:
         start = time.perf_counter()
         self.runner = None
         if self.device == "cuda":
@@ -165,10 +168,17 @@ class ZImageGenerator:
         place_pipeline(pipe, mode, self.device)
         if self.cfg.emulate_vram_gb:
             self._emulate_vram(self.cfg.emulate_vram_gb)
-        self.runner = ZImageRunner(pipe, batch_encode=self.device == "cuda")
+        resident = mode is MemoryMode.GPU  # offload modes stream the text encoder through its own forward's hooks
+        self.runner = ZImageRunner(
+            pipe,
+            batch_encode=self.device == "cuda",
+            encoder_shortcut=resident,
+            encoder_cuda_graphs=resident and self.cfg.text_encoder_cuda_graphs,
+        )
         self.fp8_layers = self._quantize_fp8(pipe, mode) if self.cfg.fp8_dit else 0
         if self.cfg.compile and self.device == "cuda":
             compile_dit(pipe, mode, self.cfg.compile_cache_dir, vae=self.cfg.compile_vae)
+        self._prepare_prompt_encoder(pipe, max_batch)
         self.state.memory_mode = mode
         for m in MemoryMode:
             if m is not MemoryMode.AUTO:
@@ -180,6 +190,38 @@ class ZImageGenerator:
         logger.info(
             "%s ready on %s (%s, %s) in %.1fs", self.cfg.model.label, self.device, self.dtype, mode.value, self.ready_s
         )
+
+    def _prepare_prompt_encoder(self, pipe, max_batch: int) -> None:
+        """Capture the text encoder's CUDA graphs now (not on a request), then check the encoder against the
+        pipeline's own pass: a transformers upgrade that changed the Qwen3 model must fail here, not alter images.
+        Graphs that fail to capture or to match are dropped (the eager shortcut remains)."""
+        enc = self.runner.prompt_encoder
+        start = time.perf_counter()
+        if enc.cuda_graphs:
+            try:
+                enc.capture_all(max_batch)
+            except Exception as exc:  # any capture failure: run eagerly rather than not at all
+                logger.warning("text encoder CUDA graphs off: capture failed: %s", exc)
+                enc.drop_graphs()
+        deviation = enc.deviation_from_pipeline(pipe, ENCODER_PROBE_PROMPT) if enc.shortcut else 0.0
+        if deviation > ENCODER_TOLERANCE and enc.cuda_graphs:
+            logger.warning("text encoder CUDA graphs off: deviation %.3g from the pipeline's pass", deviation)
+            enc.drop_graphs()
+            deviation = enc.deviation_from_pipeline(pipe, ENCODER_PROBE_PROMPT)
+        if deviation > ENCODER_TOLERANCE:
+            raise RuntimeError(
+                f"the text-encoder shortcut (deployments/prompt_encoder.py) deviates {deviation:.3g} (relative L2) "
+                f"from the pipeline's encode_prompt, more than {ENCODER_TOLERANCE}: this transformers version "
+                "changed the Qwen3 model"
+            )
+        self.encoder_info = {
+            "shortcut": enc.shortcut,
+            "cuda_graphs": enc.cuda_graphs,
+            "graphs": len(enc._graphs),
+            "deviation_from_pipeline": deviation,
+            "prepare_s": round(time.perf_counter() - start, 3),
+        }
+        logger.info("text encoder: %s", self.encoder_info)
 
     def _warm_second_size(self) -> None:
         """Compiled code first specializes to the one image size it has seen; the next size makes Dynamo recompile
@@ -366,6 +408,7 @@ class ZImageGenerator:
             "compile": self.cfg.compile,
             "compile_vae": self.cfg.compile and self.cfg.compile_vae,
             "fp8_dit": {"enabled": self.cfg.fp8_dit, "fp8_linear_layers": self.fp8_layers},
+            "text_encoder": self.encoder_info,
             "ready_s": self.ready_s,
             "pid": os.getpid(),
         }

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from diffusers import ZImagePipeline
 
+from deployments.prompt_encoder import PromptEncoder
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -41,7 +43,14 @@ class BatchOutput:
 
 
 class ZImageRunner:
-    def __init__(self, pipe: ZImagePipeline, decode_chunk: int = 1, batch_encode: bool = False):
+    def __init__(
+        self,
+        pipe: ZImagePipeline,
+        decode_chunk: int = 1,
+        batch_encode: bool = False,
+        encoder_shortcut: bool = True,
+        encoder_cuda_graphs: bool = False,
+    ):
         self.pipe = pipe
         self.decode_chunk = decode_chunk
         self.batch_encode = batch_encode
@@ -49,6 +58,9 @@ class ZImageRunner:
         # diffusers walks every module of every component for this (~1,500 in Z-Image: ms per call, several calls
         # per batch); placement is fixed for the runner's life (the Generator makes a new runner when it moves)
         self._device = pipe._execution_device
+        self.prompt_encoder = PromptEncoder(
+            pipe, self._device, shortcut=encoder_shortcut, cuda_graphs=encoder_cuda_graphs
+        )
 
     @property
     def device(self) -> torch.device:
@@ -58,38 +70,16 @@ class ZImageRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.inference_mode()
     def encode(self, prompts: list[str]) -> list[torch.Tensor]:
-        """hidden_states[-2] per prompt at its real length (no 512-token padding work: for a 19-token prompt on an
-        H100, 0.058 instead of 0.080 s at batch 1, bench/results/h100-levers/run6).
+        """hidden_states[-2] per prompt at its real length (deployments/prompt_encoder.py; the pipeline would pad to
+        512 tokens: for a 19-token prompt on an H100, 0.058 instead of 0.080 s at batch 1, h100-levers/run6).
 
-        `batch_encode`: one text-encoder pass padded to the longest prompt (right padding + causal attention: a
-        prompt's tokens never see the padding). On GPU this saves a launch-bound pass per prompt, and with the text
-        encoder streamed from CPU one pass streams its 8 GB once per batch instead of once per prompt. Off, each
-        prompt is encoded alone: bit-identical whatever the batch (the CPU equality tests rely on it).
+        `batch_encode`: one text-encoder pass padded to the longest prompt. On GPU this saves a launch-bound pass per
+        prompt, and with the text encoder streamed from CPU one pass streams its 8 GB once per batch instead of once
+        per prompt. Off, each prompt is encoded alone: bit-identical whatever the batch (the CPU equality tests rely
+        on it).
         """
-        if self.batch_encode and len(prompts) > 1:
-            longest = max(self._token_count(p) for p in prompts)
-            embeds, _ = self.pipe.encode_prompt(
-                list(prompts), device=self.device, do_classifier_free_guidance=False, max_sequence_length=longest
-            )
-            return embeds
-        out = []
-        for prompt in prompts:  # max_sequence_length = its own length: the pipeline's default pads to 512 tokens
-            (emb,), _ = self.pipe.encode_prompt(
-                prompt,
-                device=self.device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self._token_count(prompt),
-            )
-            out.append(emb)
-        return out
-
-    def _token_count(self, prompt: str) -> int:
-        text = self.pipe.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
-        )
-        return min(len(self.pipe.tokenizer(text).input_ids), 512)
+        return self.prompt_encoder.encode(prompts, together=self.batch_encode and len(prompts) > 1)
 
     @torch.inference_mode()
     def denoise(self, embeds: list[torch.Tensor], shape: Shape, seeds: list[int]) -> torch.Tensor:

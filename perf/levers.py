@@ -138,7 +138,7 @@ def encode_padding_times(pipe, runner: ZImageRunner, batches: list[int], reps: i
         def real(p=prompts):
             return runner.encode(list(p))
 
-        row = {"batch": bs, "prompt_tokens": runner._token_count(PROMPT)}
+        row = {"batch": bs, "prompt_tokens": len(runner.prompt_encoder.token_ids(PROMPT))}
         for name, fn in (("padded_512_s", padded), ("real_length_s", real)):
             fn()
             row[name] = timed(fn, reps)[0]
@@ -184,7 +184,57 @@ def text_encoder_compile_times(pipe, runner: ZImageRunner, batches: list[int], r
             {"batch": bs, "eager_s": eager[bs][0], "compiled_s": best, "first_call_s": first, "max_abs_diff": diff}
         )
         logger.info("text encoder bs=%d: %s", bs, rows[-1])
-    return {"layers": layers, "prompt_tokens": runner._token_count(PROMPT), "rows": rows}
+    return {"layers": layers, "prompt_tokens": len(runner.prompt_encoder.token_ids(PROMPT)), "rows": rows}
+
+
+def text_encoder_graph_times(pipe, runner: ZImageRunner, batches: list[int], reps: int) -> dict:
+    """The encode stage three ways, same prompts: the pipeline's own pass at the real length (the runner before
+    deployments/prompt_encoder.py), the shortcut eagerly, the shortcut replayed as CUDA graphs (left on for the rows
+    after this lever); capture cost and each one's deviation from the pipeline's 512-token pass."""
+    enc = runner.prompt_encoder
+    n = len(enc.token_ids(PROMPT))
+    reps = max(reps, 5)
+    on_gpu = runner.device.type == "cuda"  # --smoke on CPU: the graph rows repeat the eager pass
+    rows = []
+    for bs in batches:
+        prompts = [PROMPT] * bs
+
+        def pipeline_pass(p=prompts):
+            return pipe.encode_prompt(
+                list(p), device=runner.device, do_classifier_free_guidance=False, max_sequence_length=n
+            )
+
+        def encode(p=prompts):
+            return runner.encode(list(p))
+
+        enc.drop_graphs()
+        pipeline_pass()
+        row: dict = {"batch": bs, "pipeline_real_length_s": timed(pipeline_pass, reps)[0]}
+        encode()
+        row["shortcut_eager_s"], _, eager = timed(encode, reps)
+        enc.cuda_graphs = on_gpu
+        row["graph_shape"] = enc.padded_shape(bs, n)
+        row["first_call_with_capture_s"] = timed(encode, 1)[0]
+        row["graph_s"], _, graphed = timed(encode, reps)
+        row["max_abs_diff_graph_vs_eager"] = max(
+            (a.float() - b.float()).abs().max().item() for a, b in zip(graphed, eager, strict=True)
+        )
+        rows.append(row)
+        logger.info("text encoder bs=%d: %s", bs, row)
+    deviation = {"graphs": enc.deviation_from_pipeline(pipe, PROMPT)}
+    t0 = time.perf_counter()
+    graphs = enc.capture_all(max(batches))
+    capture_all_s = time.perf_counter() - t0
+    enc.cuda_graphs = False
+    deviation["shortcut_eager"] = enc.deviation_from_pipeline(pipe, PROMPT)
+    enc.cuda_graphs = on_gpu
+    return {
+        "prompt_tokens": n,
+        "graphs_after_capture_all": graphs,
+        "capture_all_s": capture_all_s,
+        "deviation_from_pipeline_512": deviation,
+        "rows": rows,
+    }
 
 
 def new_size_times(runner: ZImageRunner) -> list[dict]:
@@ -329,6 +379,9 @@ def main() -> None:
                 out["encode_padding"] = encode_padding_times(pipe, runner, args.batch, args.reps)
                 save()
                 continue
+            if lever == "te_graphs":  # then a row: everything before + the text encoder replayed as CUDA graphs
+                out["te_graphs"] = text_encoder_graph_times(pipe, runner, args.batch, args.reps)
+                save()
             if lever == "te_compile":  # then a row: everything before + the compiled text encoder
                 out["te_compile"] = text_encoder_compile_times(pipe, runner, args.batch, args.reps)
                 save()

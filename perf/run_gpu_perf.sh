@@ -8,6 +8,7 @@
 #   perf/run_gpu_perf.sh latency2    # FP8 cold start, concurrency-1 latency FP8 and bf16 -> $OUT/
 #   perf/run_gpu_perf.sh levers3     # FP8 in-process at batch 1/8/12, compiled text encoder, bs-1 profile -> $OUT/
 #   perf/run_gpu_perf.sh served3     # one FP8 service as a user runs it: throughput 8/12, latency PNG/JPEG -> $OUT/
+#   perf/run_gpu_perf.sh levers4     # FP8 in-process at batch 1/8/12, text encoder as CUDA graphs, bs-1 profiles -> $OUT/
 # levers3 then served3 on one machine: the service starts from the Inductor cache levers3 filled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +64,10 @@ case "${1:-}" in
     TORCHINDUCTOR_CACHE_DIR=/tmp/zimage-inductor-cache-fp8 timeout 560 python -m perf.levers \
       --out "$OUT/levers_te_compile.json" --batch 1 8 12 --profile-batch 1 \
       --levers runner fp8_rowwise te_compile profile > "$OUT/levers_te_compile.log" 2>&1 || echo "levers3 exit $?" ;;
+  levers4)  # the text encoder replayed as CUDA graphs (deployments/prompt_encoder.py) on top of the FP8 service's levers
+    TORCHINDUCTOR_CACHE_DIR=/tmp/zimage-inductor-cache-fp8 timeout 500 python -m perf.levers \
+      --out "$OUT/levers_te_graphs.json" --batch 1 8 12 --profile-batch 1 \
+      --levers ${LEVERS4:-runner fp8_rowwise te_graphs profile cpu_profile} > "$OUT/levers_te_graphs.log" 2>&1 || echo "levers4 exit $?" ;;
   served3)  # `ray start` + `serve deploy` (as in the README), production batching (max 12, wait 0.05 s), then rows
     cfg="$OUT/served3_config.yaml"; url=http://127.0.0.1:8000
     python - "${BENCH_CONFIG:-bench/configs/h100_random_full_fp8.yaml}" "$cfg" <<'PY'
@@ -95,6 +100,6 @@ json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
     timeout 90 python -m bench run --url "$url" --size "$size" --concurrency 1 --requests 20 --warmup-requests 2 \
       --out "$OUT/c1-prodbatch-png" > "$OUT/c1-prodbatch-png.log" 2>&1 || echo "c1 prod exit $?"
     python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
-  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2|levers3|served3" >&2
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2|levers3|served3|levers4" >&2
      exit 2 ;;
 esac

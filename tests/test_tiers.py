@@ -206,7 +206,7 @@ def generator(monkeypatch):
     gen = ZImageGenerator(tiny_config().model_dump(mode="json"))
     gen.loads = []
 
-    def fake_load(mode):
+    def fake_load(mode, max_batch):
         gen.loads.append(mode)
         gen.runner = object()
         gen.state.memory_mode = mode
