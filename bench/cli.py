@@ -372,6 +372,7 @@ def print_summary(run: dict) -> None:
         "peak_vram_nvml_mb",
         "peak_vram_torch_mb",
         "throughput_img_s",
+        "steady_throughput_img_s",
         "latency_p50_s",
         "latency_p99_s",
         "mfu_pct",

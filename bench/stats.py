@@ -41,6 +41,23 @@ def distinct_batches(records: Sequence[dict]) -> list[tuple[int, float]]:
     return list(seen.values())
 
 
+def steady_throughput(ok: Sequence[dict]) -> float | None:
+    """Images per second from the first batch's answer to the last one's, without the first batch's images: the
+    rate once batches run back to back. The plain window starts at the first send, so it also holds the ramp (a burst
+    of clients reaches the replica over tens of ms and may first make a partial batch) and one HTTP round trip; rows
+    of few batches understate the steady rate by that. A batch's answer = its last request's; a batch counts all its
+    images (the last one may also hold unmeasured cooldown requests: they ran in the window too)."""
+    done: dict[tuple, float] = {}
+    for r in ok:
+        if r.get("batch_size") and r.get("inference_ms") is not None and r.get("done_t") is not None:
+            key = (r.get("replica"), r["batch_size"], r["inference_ms"])
+            done[key] = max(done.get(key, 0.0), r["done_t"])
+    batches = sorted((t, key[1]) for key, t in done.items())
+    if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
+        return None
+    return sum(n for _, n in batches[1:]) / (batches[-1][0] - batches[0][0])
+
+
 def request_stats(records: Sequence[dict]) -> dict:
     """Row statistics over the measured phase (warm-up records must be filtered out by the caller)."""
     counts = count_outcomes(records)
@@ -63,6 +80,7 @@ def request_stats(records: Sequence[dict]) -> dict:
         "window_end": end,
         "wall_s": wall,
         "throughput_img_s": images / wall if wall > 0 else None,
+        "steady_throughput_img_s": steady_throughput(ok),
         "s_per_image": wall / images if images else None,
         "offered_rate_rps": (len(sends) - 1) / (sends[-1] - sends[0]) if sends and sends[-1] > sends[0] else None,
         "latency_mean_s": _mean(lat),

@@ -33,7 +33,7 @@ from deployments.schemas import GenerationResult, GenerationSpec
 
 logger = logging.getLogger("ray.serve")
 ENCODER_PROBE_PROMPT = "a lighthouse on a cliff in a storm, oil painting"
-ENCODER_TOLERANCE = 0.05  # relative L2 vs the pipeline's pass; bf16 kernel numerics differ by shape, a wrong layer not
+ENCODER_TOLERANCE = 0.02  # relative L2 vs the pipeline's pass at the same length: same shapes and kernels
 
 
 def resolve_device(setting: str) -> str:
@@ -193,8 +193,8 @@ class ZImageGenerator:
 
     def _prepare_prompt_encoder(self, pipe, max_batch: int) -> None:
         """Capture the text encoder's CUDA graphs now (not on a request), then check the encoder against the
-        pipeline's own pass: a transformers upgrade that changed the Qwen3 model must fail here, not alter images.
-        Graphs that fail to capture or to match are dropped (the eager shortcut remains)."""
+        pipeline's own pass at the prompt's real length: if a transformers upgrade changed the Qwen3 model, fall back
+        (graphs -> the eager shortcut -> the pipeline's full pass) rather than change images."""
         enc = self.runner.prompt_encoder
         start = time.perf_counter()
         if enc.cuda_graphs:
@@ -203,17 +203,17 @@ class ZImageGenerator:
             except Exception as exc:  # any capture failure: run eagerly rather than not at all
                 logger.warning("text encoder CUDA graphs off: capture failed: %s", exc)
                 enc.drop_graphs()
-        deviation = enc.deviation_from_pipeline(pipe, ENCODER_PROBE_PROMPT) if enc.shortcut else 0.0
-        if deviation > ENCODER_TOLERANCE and enc.cuda_graphs:
-            logger.warning("text encoder CUDA graphs off: deviation %.3g from the pipeline's pass", deviation)
-            enc.drop_graphs()
+        deviation = 0.0
+        while enc.shortcut:
             deviation = enc.deviation_from_pipeline(pipe, ENCODER_PROBE_PROMPT)
-        if deviation > ENCODER_TOLERANCE:
-            raise RuntimeError(
-                f"the text-encoder shortcut (deployments/prompt_encoder.py) deviates {deviation:.3g} (relative L2) "
-                f"from the pipeline's encode_prompt, more than {ENCODER_TOLERANCE}: this transformers version "
-                "changed the Qwen3 model"
-            )
+            if deviation <= ENCODER_TOLERANCE:
+                break
+            step = "CUDA graphs" if enc.cuda_graphs else "the layer shortcut"
+            logger.warning("text encoder: %s off, deviation %.3g from the pipeline's own pass", step, deviation)
+            if enc.cuda_graphs:
+                enc.drop_graphs()
+            else:
+                enc.shortcut = False
         self.encoder_info = {
             "shortcut": enc.shortcut,
             "cuda_graphs": enc.cuda_graphs,

@@ -165,13 +165,15 @@ class PromptEncoder:
         logger.debug("text encoder CUDA graph captured: batch %d x %d tokens", batch, length)
         return g
 
-    def deviation_from_pipeline(self, pipe: ZImagePipeline, prompt: str) -> float:
-        """Relative L2 difference from the pipeline's own encode_prompt for one prompt (the Generator checks it at
-        start-up: a transformers change that broke the shortcut must not change images silently)."""
+    def deviation_from_pipeline(self, pipe: ZImagePipeline, prompt: str, padded_to_512: bool = False) -> float:
+        """Relative L2 difference from the pipeline's own encode_prompt for one prompt, run at the prompt's real
+        length (the same shapes and attention kernels; bf16 on an H100: 0 for the eager shortcut) or, with
+        `padded_to_512`, as the pipeline does by default (512 tokens, masked attention: kernel numerics differ)."""
         (ours,) = self.encode([prompt], together=False)
+        length = MAX_TOKENS if padded_to_512 else len(self.token_ids(prompt))
         with torch.inference_mode():
             (theirs,), _ = pipe.encode_prompt(
-                prompt, device=self.device, do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS
+                prompt, device=self.device, do_classifier_free_guidance=False, max_sequence_length=length
             )
         if ours.shape != theirs.shape:
             return math.inf

@@ -221,18 +221,21 @@ def text_encoder_graph_times(pipe, runner: ZImageRunner, batches: list[int], rep
         )
         rows.append(row)
         logger.info("text encoder bs=%d: %s", bs, row)
-    deviation = {"graphs": enc.deviation_from_pipeline(pipe, PROMPT)}
+    deviation = {"graphs": enc.deviation_from_pipeline(pipe, PROMPT, padded_to_512=True)}
+    real_length = {"graphs": enc.deviation_from_pipeline(pipe, PROMPT)}
     t0 = time.perf_counter()
     graphs = enc.capture_all(max(batches))
     capture_all_s = time.perf_counter() - t0
     enc.cuda_graphs = False
-    deviation["shortcut_eager"] = enc.deviation_from_pipeline(pipe, PROMPT)
+    deviation["shortcut_eager"] = enc.deviation_from_pipeline(pipe, PROMPT, padded_to_512=True)
+    real_length["shortcut_eager"] = enc.deviation_from_pipeline(pipe, PROMPT)
     enc.cuda_graphs = on_gpu
     return {
         "prompt_tokens": n,
         "graphs_after_capture_all": graphs,
         "capture_all_s": capture_all_s,
         "deviation_from_pipeline_512": deviation,
+        "deviation_from_pipeline_real_length": real_length,
         "rows": rows,
     }
 

@@ -97,7 +97,7 @@ json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
         --output-format "$fmt" --out "$OUT/c1-$fmt" > "$OUT/c1-$fmt.log" 2>&1 || echo "c1 $fmt exit $?"
     done
     # a lone request at the production batch size: it waits batch_wait_timeout_s for company that never comes
-    timeout 90 python -m bench run --url "$url" --size "$size" --concurrency 1 --requests 20 --warmup-requests 2 \
+    [[ "${PROD_BATCH_ROW:-1}" == 0 ]] || timeout 90 python -m bench run --url "$url" --size "$size" --concurrency 1 --requests 20 --warmup-requests 2 \
       --out "$OUT/c1-prodbatch-png" > "$OUT/c1-prodbatch-png.log" 2>&1 || echo "c1 prod exit $?"
     python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
   *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2|levers3|served3|levers4" >&2

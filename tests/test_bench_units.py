@@ -74,6 +74,22 @@ def test_request_stats_counts_reconcile_and_batches_are_deduplicated():
     assert s["peak_vram_torch_mb"] == 20007.0
 
 
+def test_steady_throughput_leaves_out_the_ramp_and_the_first_batch():
+    """A row as the H100 showed it: clients start together, the first batch is partial (4 of 8), then full batches
+    every 5 s; each batch's answers reach the client over 0.3 s."""
+    recs, t = [], 1000.0
+    for b, size in enumerate((4, 8, 8, 8)):
+        done = t + 0.5 + 5.0 * (b + 1)
+        for k in range(size):
+            rec = _record(len(recs), bs=size)
+            rec.update(scheduled_t=t, done_t=done - 0.3 + 0.3 * k / (size - 1), inference_ms=5000.0 + b)
+            recs.append(rec)
+    s = request_stats(recs)
+    assert s["steady_throughput_img_s"] == pytest.approx(24 / 15.0)  # batches 2-4 in 15 s: 1.6 img/s
+    assert s["throughput_img_s"] == pytest.approx(28 / 20.5)  # first send -> last answer: 1.37 img/s
+    assert request_stats(recs[:4])["steady_throughput_img_s"] is None  # one batch: no batch-to-batch time
+
+
 def test_dit_flops_match_the_reference_and_torch_flop_counter():
     assert FULL_ARCH.forward_flops(1024, 1024) / 1e12 == pytest.approx(55.1, abs=0.05)
     assert DitArch.from_config(_transformer_kwargs(RandomArch.FULL)) == FULL_ARCH

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from deployments.config import RandomArch
+from deployments.generator import ENCODER_TOLERANCE, ZImageGenerator
 from deployments.prompt_encoder import PromptEncoder
 from deployments.random_model import build_random_pipeline
 from deployments.runner import ZImageRunner
+from tests.serve_harness import tiny_config
 
 PROMPTS = ["a red sports car on a mountain road at sunset", "a cat", "oil painting of an old house by the sea"]
 
@@ -88,3 +90,32 @@ def test_graph_shapes_are_few_powers_of_two_and_large_passes_stay_eager(pipe):
     shapes = encoder.graph_shapes(max_batch=12)
     assert len(shapes) == 22 and max(b for b, _ in shapes) == 16 and all(b * n <= 2048 for b, n in shapes)
     assert all(encoder.padded_shape(b, n) == (b, n) for b, n in shapes)  # every captured shape is used as is
+
+
+def test_a_generator_whose_shortcut_deviates_falls_back_to_the_pipelines_pass(monkeypatch):
+    """A real ZImageGenerator outside Serve (CPU, tiny model). If a transformers upgrade changed what the layer
+    shortcut computes (simulated: it runs one layer too many), the start-up check turns it off and the replica
+    serves the pipeline's own embeddings instead of refusing to start or changing images."""
+    run_shortcut = PromptEncoder.forward
+
+    def one_layer_too_many(self, input_ids):
+        cfg = self.model.config
+        cfg.num_hidden_layers += 1
+        try:
+            return run_shortcut(self, input_ids)
+        finally:
+            cfg.num_hidden_layers -= 1
+
+    monkeypatch.setattr(PromptEncoder, "forward", one_layer_too_many)
+    gen = ZImageGenerator(tiny_config().model_dump(mode="json"))
+    gen.reconfigure({})
+    info = gen.info()["text_encoder"]
+    assert info["shortcut"] is False and info["cuda_graphs"] is False
+    assert info["deviation_from_pipeline"] > ENCODER_TOLERANCE
+    pipe = gen.runner.pipe
+    (ours,) = gen.runner.encode([PROMPTS[0]])
+    real = len(gen.runner.prompt_encoder.token_ids(PROMPTS[0]))
+    (theirs,), _ = pipe.encode_prompt(
+        PROMPTS[0], device="cpu", do_classifier_free_guidance=False, max_sequence_length=real
+    )
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
