@@ -33,7 +33,8 @@ from deployments.schemas import GenerationResult, GenerationSpec
 
 logger = logging.getLogger("ray.serve")
 ENCODER_PROBE_PROMPT = "a lighthouse on a cliff in a storm, oil painting"
-ENCODER_TOLERANCE = 0.02  # relative L2 vs the pipeline's pass at the same length: same shapes and kernels
+ENCODER_TOLERANCE = 0.05  # relative L2 vs the pipeline's pass. H100: 0.026 against the 512-token padded pass (masked
+# attention, other kernels), same or less at the real length; a wrong layer: 0.46 on the tiny model, O(1) on the real one
 
 
 def resolve_device(setting: str) -> str:

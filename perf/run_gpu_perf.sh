@@ -9,6 +9,7 @@
 #   perf/run_gpu_perf.sh levers3     # FP8 in-process at batch 1/8/12, compiled text encoder, bs-1 profile -> $OUT/
 #   perf/run_gpu_perf.sh served3     # one FP8 service as a user runs it: throughput 8/12, latency PNG/JPEG -> $OUT/
 #   perf/run_gpu_perf.sh levers4     # FP8 in-process at batch 1/8/12, text encoder as CUDA graphs, bs-1 profiles -> $OUT/
+#   perf/run_gpu_perf.sh encoder_check  # the Generator's start-up text-encoder check on a GPU + te_graphs deviations -> $OUT/
 # levers3 then served3 on one machine: the service starts from the Inductor cache levers3 filled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,21 @@ case "${1:-}" in
     TORCHINDUCTOR_CACHE_DIR=/tmp/zimage-inductor-cache-fp8 timeout 500 python -m perf.levers \
       --out "$OUT/levers_te_graphs.json" --batch 1 8 12 --profile-batch 1 \
       --levers ${LEVERS4:-runner fp8_rowwise te_graphs profile cpu_profile} > "$OUT/levers_te_graphs.log" 2>&1 || echo "levers4 exit $?" ;;
+  encoder_check)  # does the start-up check keep the graphs on a GPU (deviation at the real length vs the tolerance)?
+    timeout 150 python - > "$OUT/generator_encoder.log" 2>&1 <<'PY' || echo "generator check exit $?"
+import json, logging, os
+logging.basicConfig(level=logging.INFO)
+from deployments.config import AppConfig
+from deployments.generator import ENCODER_TOLERANCE, ZImageGenerator
+cfg = AppConfig.model_validate(dict(model="random:full", device="cuda", dtype="bfloat16", measure_memory=False))
+gen = ZImageGenerator(cfg.model_dump(mode="json"))
+gen.reconfigure({})
+info = {"tolerance": ENCODER_TOLERANCE, **gen.info()["text_encoder"]}
+print(json.dumps(info))
+json.dump(info, open(os.path.join(os.environ.get("OUT", "perf-out"), "generator_encoder.json"), "w"), indent=2)
+PY
+    timeout 240 python -m perf.levers --out "$OUT/levers_te_check.json" --batch 1 8 --levers te_graphs \
+      > "$OUT/levers_te_check.log" 2>&1 || echo "te_graphs exit $?" ;;
   served3)  # `ray start` + `serve deploy` (as in the README), production batching (max 12, wait 0.05 s), then rows
     cfg="$OUT/served3_config.yaml"; url=http://127.0.0.1:8000
     python - "${BENCH_CONFIG:-bench/configs/h100_random_full_fp8.yaml}" "$cfg" <<'PY'
@@ -100,6 +116,6 @@ json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
     [[ "${PROD_BATCH_ROW:-1}" == 0 ]] || timeout 90 python -m bench run --url "$url" --size "$size" --concurrency 1 --requests 20 --warmup-requests 2 \
       --out "$OUT/c1-prodbatch-png" > "$OUT/c1-prodbatch-png.log" 2>&1 || echo "c1 prod exit $?"
     python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
-  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2|levers3|served3|levers4" >&2
+  *) echo "usage: $0 tiers|levers|levers2|fp8probe|fp8|latency|fp8static|fp8rowwise|latency2|levers3|served3|levers4|encoder_check" >&2
      exit 2 ;;
 esac
