@@ -33,8 +33,9 @@ from deployments.schemas import GenerationResult, GenerationSpec
 
 logger = logging.getLogger("ray.serve")
 ENCODER_PROBE_PROMPT = "a lighthouse on a cliff in a storm, oil painting"
-ENCODER_TOLERANCE = 0.05  # relative L2 vs the pipeline's pass. H100: 0.026 against the 512-token padded pass (masked
-# attention, other kernels), same or less at the real length; a wrong layer: 0.46 on the tiny model, O(1) on the real one
+# relative L2 vs the pipeline's own pass: bf16 kernel numerics give 0.025 (H200, real length) to 0.027 (vs the padded
+# pass); one layer too many gives 0.46 on the tiny model
+ENCODER_TOLERANCE = 0.05
 
 
 def resolve_device(setting: str) -> str:
