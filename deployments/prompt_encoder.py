@@ -167,9 +167,9 @@ class PromptEncoder:
 
     def deviation_from_pipeline(self, pipe: ZImagePipeline, prompt: str, padded_to_512: bool = False) -> float:
         """Relative L2 difference from the pipeline's own encode_prompt for one prompt, run at the prompt's real
-        length or, with `padded_to_512`, as the pipeline does by default (512 tokens, masked attention). bf16: 0.0 for
-        the article's prompt, 0.025 for the Generator's probe prompt on an H200 (graph shapes pick other GEMM kernels),
-        0.026-0.027 against the padded pass (bench/results/h200-2026-12-02, h100-2026-11-25c)."""
+        length or, with `padded_to_512`, as the pipeline does by default (512 tokens, masked attention). bf16: 0.0
+        for the article's prompt, 0.025 for the Generator's probe prompt on an H200 (rounding, likely from the graph's
+        padded shape), 0.026-0.027 against the padded pass (bench/results/h200-2026-12-02, h100-2026-11-25c)."""
         (ours,) = self.encode([prompt], together=False)
         length = MAX_TOKENS if padded_to_512 else len(self.token_ids(prompt))
         with torch.inference_mode():
