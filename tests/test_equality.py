@@ -7,10 +7,11 @@ MKL picks its kernel by problem size (GEMV for a single row, GEMM with size-depe
 sums in its own order, so the same row can come out with different rounding when its batch grows; on
 this machine, without the setting, 7 pixels of a 256x256 image differ by 1 between batch 1 and batch 8. MKL's strict
 conditional numerical reproducibility (CNR) mode fixes the code path and summation order, which makes each row of
-a GEMM independent of how many rows are computed with it - on Intel CPUs. On an AMD EPYC host the mode does not make a
-1-row product match an 8-row one, and the images differ by one in a few values: `tests.batch_invariance` probes the
-host and asserts bit-identity where it holds, rounding-only differences elsewhere. On a GPU the equivalent guarantee needs deterministic,
-batch-invariant kernels and is not claimed; there the tolerance is the bf16 noise floor.
+a GEMM independent of how many rows are computed with it - on Intel CPUs. On an AMD EPYC host the mode does not make
+a 1-row product match an 8-row one, and the images differ by one in a few values: `tests.batch_invariance` probes
+the host and asserts bit-identity where it holds, rounding-only differences elsewhere. On a GPU the equivalent
+guarantee needs deterministic, batch-invariant kernels and is not claimed; there the tolerance is the bf16 noise
+floor.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_a_generator_whose_shortcut_deviates_falls_back_to_the_pipelines_pass(mo
     gen.reconfigure({})
     info = gen.info()["text_encoder"]
     assert info["shortcut"] is False and info["cuda_graphs"] is False
-    assert info["deviation_from_pipeline"] > ENCODER_TOLERANCE
+    assert info["deviation_from_pipeline"] > 0.3 > ENCODER_TOLERANCE  # the README's figure for a wrong layer
     pipe = gen.runner.pipe
     (ours,) = gen.runner.encode([PROMPTS[0]])
     real = len(gen.runner.prompt_encoder.token_ids(PROMPTS[0]))
