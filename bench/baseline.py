@@ -20,8 +20,8 @@ from bench.sweep import log_row
 from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED
 from deployments.config import ModelSource
 from deployments.generator import resolve_device, resolve_dtype
-from deployments.pipeline_factory import load_pipeline
-from deployments.random_model import build_random_pipeline
+from deployments.pipeline.loading import load_pipeline
+from deployments.pipeline.random_model import build_random_pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def gpu_environment(gpu_index: int = 0) -> dict:
     try:
         import pynvml
 
-        from deployments.gpu_info import nvml_handle_for_visible_device
+        from deployments.observability.gpu_info import nvml_handle_for_visible_device
 
         h = nvml_handle_for_visible_device(gpu_index)
 

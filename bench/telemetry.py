@@ -11,7 +11,7 @@ import logging
 import statistics
 import time
 
-from deployments.gpu_telemetry import GpuSample, GpuSampler
+from deployments.observability.gpu_sampler import GpuSample, GpuSampler
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class BenchGpuSampler(GpuSampler):
 def open_sampler(hz: float = 10.0, gpu_index: int = 0) -> tuple[BenchGpuSampler | None, str | None]:
     """(started sampler, None) on an NVIDIA GPU, else (None, why not)."""
     try:
-        from deployments.gpu_info import nvml_handle_for_visible_device
+        from deployments.observability.gpu_info import nvml_handle_for_visible_device
 
         handle = nvml_handle_for_visible_device(gpu_index)
         sampler = BenchGpuSampler(handle, hz=hz)

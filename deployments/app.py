@@ -8,7 +8,7 @@ from ray.serve import Application
 from deployments.config import AppConfig
 from deployments.generator import ZImageGenerator
 from deployments.ingress import Ingress
-from deployments.pipeline_factory import PipelineFactory
+from deployments.pipeline.loading import PipelineFactory
 
 
 def make_app(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -94,7 +95,7 @@ class Tier(_Strict):
 # The article's tiers (<=12 GB -> 4, 16 GB -> 8, >=24 GB -> 12). Bounds sit between card sizes as NVML reports them
 # (GB): 12 GB cards 12.9; 16 GB 16.1-17.2; 20 GB 21.5; 24 GB 24.2 (L4, A10G) to 25.8 (RTX 4090). 24 GB cards keep the
 # text encoder off the GPU too: on an H100 capped to 24.15 GB, weights (20.3 GB) + the 1024x1024 VAE decode peak were
-# 23.3 GB at batch 1 (bench/results/h100-tiers), leaving no room to batch.
+# 23.3 GB at batch 1, leaving no room to batch.
 DEFAULT_TIERS: tuple[Tier, ...] = (
     Tier(max_vram_gb=14.0, max_batch_size=4, memory_mode=MemoryMode.GROUP_OFFLOAD),
     Tier(max_vram_gb=18.0, max_batch_size=8, memory_mode=MemoryMode.TEXT_ENCODER_OFFLOAD),
@@ -141,22 +142,31 @@ class GenerationDefaults(_Strict):
     num_inference_steps: int = 8
 
 
+class TestingOptions(_Strict):
+    """Not for production: knobs that tests and perf experiments use to stand in for hardware this host lacks."""
+
+    emulate_vram_gb: float | None = Field(
+        None, gt=0, description="Pretend the GPU has this much memory (caps torch's allocator to match)."
+    )
+    measure_memory: bool = Field(
+        True, description="Run batch 1 and 2 at the largest size at start-up to cap the batch size (off: no cap)."
+    )
+
+
 class AppConfig(_Strict):
     """Application `args` in serve_config.yaml (see `deployments.app.build_app`)."""
 
     model: ModelSource = Field(default_factory=lambda: ModelSource(hub_id=DEFAULT_HUB_ID))
     model_name: str = Field("z-image-turbo", description="Name reported to OpenAI clients (`model` field).")
-    device: str = Field("auto", description="`auto` (cuda if available), `cuda` or `cpu`.")
-    dtype: str = Field("auto", description="`auto` (bf16 on GPU, fp32 on CPU), `bfloat16` or `float32`.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="`auto`: cuda if a GPU is visible, else cpu.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="`auto`: bfloat16 on GPU (fp16 gives black images with Z-Image), float32 on CPU."
+    )
     limits: RequestLimits = Field(default_factory=RequestLimits)
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     memory_margin_gb: float = Field(
         1.0, ge=0, description="Headroom kept free when clamping the batch size by measured peak memory."
     )
-    emulate_vram_gb: float | None = Field(
-        None, gt=0, description="Testing: pretend the GPU has this much memory (caps torch's allocator to match)."
-    )
-    measure_memory: bool = Field(True, description="Run batch 1 and 2 at max size at start to clamp the batch size.")
     compile: bool = Field(False, description="torch.compile the DiT's repeated blocks (GPU only; ~1.5x at 1024^2).")
     compile_vae: bool = Field(
         True,
@@ -166,13 +176,13 @@ class AppConfig(_Strict):
     fp8_dit: bool = Field(
         False,
         description="Opt-in: the DiT's large linear layers as FP8 (e4m3, per-row scales) GEMMs. Needs compile and a "
-        "GPU of compute capability >= 8.9 (Ada, Hopper, Blackwell). Changes the numerics (README 'FP8 (opt-in)').",
+        "GPU of compute capability >= 8.9 (Ada, Hopper, Blackwell). Changes the numerics (docs/performance.md).",
     )
     text_encoder_cuda_graphs: bool = Field(
         True,
         description="GPU, memory mode gpu: replay the text encoder as CUDA graphs (batch and length rounded up to "
         "powers of two, ~22 graphs captured at start-up). A batch-1 prompt encode is launch-bound without them "
-        "(README 'Text encoder').",
+        "(docs/architecture.md).",
     )
     compile_cache_dir: str | None = Field(
         None, description="Persistent TorchInductor cache (e.g. on a volume) so a new replica skips recompilation."
@@ -182,6 +192,9 @@ class AppConfig(_Strict):
     )
     log_prompts: bool = Field(False, description="Log prompts at INFO (off: prompts are user data).")
     retry_after_s: int = Field(2, ge=1, description="Retry-After header sent with 503 on overload.")
+    testing: TestingOptions = Field(
+        default_factory=TestingOptions, description="Tests and experiments only; leave unset in production."
+    )
 
     @field_validator("model", mode="before")
     @classmethod

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from deployments.compilation import compile_dit
+from deployments.pipeline.compilation import compile_dit
 from deployments.config import MemoryMode, RandomArch
-from deployments.fp8 import quantize_dit_fp8
-from deployments.random_model import build_random_pipeline
-from deployments.runner import Shape, ZImageRunner
+from deployments.pipeline.fp8 import quantize_dit_fp8
+from deployments.pipeline.random_model import build_random_pipeline
+from deployments.pipeline.runner import Shape, ZImageRunner
 
 
 def main() -> None:

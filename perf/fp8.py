@@ -2,7 +2,7 @@
 e4m3 weights and activations with per-row scales on its large linear layers.
 
 Its tensor-subclass weights took 164 s to compile at batch 1 and did not finish the batched graph in 8 minutes on
-the H100, so the service's opt-in FP8 (`fp8_dit`) is `deployments/fp8.py`: the same scheme on plain fp8 buffers.
+the H100, so the service's opt-in FP8 (`fp8_dit`) is `deployments/pipeline/fp8.py`: the same scheme on plain fp8 buffers.
 Small or odd-sized layers (adaLN's 256-wide input, the final projection) stay bf16."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from deployments.fp8 import AMAX_FLOOR, MIN_FEATURES, is_big_linear
+from deployments.pipeline.fp8 import AMAX_FLOOR, MIN_FEATURES, is_big_linear
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from deployments.compilation import compile_dit, compile_vae_decoder
+from deployments.pipeline.compilation import compile_dit, compile_vae_decoder
 from deployments.config import MemoryMode, ModelSource, RandomArch
-from deployments.pipeline_factory import load_pipeline
-from deployments.random_model import build_random_pipeline
-from deployments.runner import Shape, ZImageRunner
+from deployments.pipeline.loading import load_pipeline
+from deployments.pipeline.random_model import build_random_pipeline
+from deployments.pipeline.runner import Shape, ZImageRunner
 
 logger = logging.getLogger("perf.levers")
 PROMPT = "A realistic photo of a red sports car on a mountain road at sunset"
@@ -163,7 +163,7 @@ def compile_text_encoder(pipe) -> int:
 
 
 def text_encoder_compile_times(pipe, runner: ZImageRunner, batches: list[int], reps: int) -> dict:
-    """The encode stage eager, then with the text encoder's layers compiled (deployments.compilation), same prompts:
+    """The encode stage eager, then with the text encoder's layers compiled (deployments.pipeline.compilation), same prompts:
     time, first-call (compile) time, and the largest embedding difference."""
     prompts = {bs: [PROMPT] * bs for bs in batches}
     eager = {}
@@ -189,7 +189,7 @@ def text_encoder_compile_times(pipe, runner: ZImageRunner, batches: list[int], r
 
 def text_encoder_graph_times(pipe, runner: ZImageRunner, batches: list[int], reps: int) -> dict:
     """The encode stage three ways, same prompts: the pipeline's own pass at the real length (the runner before
-    deployments/prompt_encoder.py), the shortcut eagerly, the shortcut replayed as CUDA graphs (left on for the rows
+    deployments/pipeline/text_encoder.py), the shortcut eagerly, the shortcut replayed as CUDA graphs (left on for the rows
     after this lever); capture cost and each one's deviation from the pipeline's 512-token pass."""
     enc = runner.prompt_encoder
     n = len(enc.token_ids(PROMPT))
@@ -344,7 +344,7 @@ def main() -> None:
             if lever == "compile_dynamic":  # dynamic shapes, diffusers' complex-multiply RoPE
                 torch._dynamo.reset()
                 compile_dit(pipe, MemoryMode.GPU, None, real_rope=False, vae=False)
-            if lever == "compile_real_rope":  # what the service does (deployments.compilation)
+            if lever == "compile_real_rope":  # what the service does (deployments.pipeline.compilation)
                 torch._dynamo.reset()
                 compile_dit(pipe, MemoryMode.GPU, None, real_rope=True, vae=False)
             if lever == "cudnn":
@@ -362,7 +362,7 @@ def main() -> None:
                 # real RoPE was installed by compile_real_rope; the compiled VAE decoder recompiles after the reset
                 compile_dit(pipe, MemoryMode.GPU, None, real_rope=False, vae=False)
             if lever == "fp8_static":  # FP8 + every kept lever, static shapes (the dynamic FP8 graph took > 6 min)
-                from deployments.real_rope import use_real_rope
+                from deployments.pipeline.real_rope import use_real_rope
                 from perf.fp8 import quantize_dit_fp8
 
                 torch._dynamo.reset()
@@ -370,8 +370,8 @@ def main() -> None:
                 use_real_rope(pipe.transformer)
                 pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
                 compile_vae_decoder(pipe)
-            if lever == "fp8_rowwise":  # the service's opt-in FP8 (deployments.fp8) on top of every kept lever
-                from deployments.fp8 import quantize_dit_fp8 as quantize_rowwise
+            if lever == "fp8_rowwise":  # the service's opt-in FP8 (deployments.pipeline.fp8) on top of every kept lever
+                from deployments.pipeline.fp8 import quantize_dit_fp8 as quantize_rowwise
 
                 torch._dynamo.reset()  # the compiled VAE decoder recompiles on its next call
                 out["fp8_rowwise_linear_layers"] = quantize_rowwise(pipe.transformer)
@@ -399,7 +399,7 @@ def main() -> None:
                 torch._dynamo.reset()
                 out["fp8_linear_layers"] = quantize_dit_fp8(pipe.transformer)
             if lever == "compile_autotune":  # Inductor tries Triton GEMM templates against cuBLAS per shape
-                from deployments.real_rope import use_real_rope
+                from deployments.pipeline.real_rope import use_real_rope
 
                 torch._dynamo.reset()
                 use_real_rope(pipe.transformer)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.images import PNG_COMPRESS_LEVEL, encode_image
+from deployments.http.image_encoding import PNG_COMPRESS_LEVEL, encode_image
 
 
 def images(side: int) -> dict[str, np.ndarray]:

@@ -46,7 +46,7 @@ case "${1:-}" in
   fp8static)  # opt-in FP8 candidate with static shapes at batch 8, against its own eager row
     timeout 560 python -m perf.levers --out "$OUT/levers_fp8_static.json" --batch 8 \
       --levers runner fp8_static profile > "$OUT/levers_fp8_static.log" 2>&1 || echo "fp8static exit $?" ;;
-  fp8rowwise)  # real-length text encoding, new-size recompiles, then the service's opt-in FP8 (deployments.fp8)
+  fp8rowwise)  # real-length text encoding, new-size recompiles, then the service's opt-in FP8 (deployments.pipeline.fp8)
     TORCH_LOGS=recompiles timeout 560 python -m perf.levers --out "$OUT/levers_fp8_rowwise.json" --batch 1 8 \
       --levers runner encode_padding compile_real_rope vae_compile new_sizes profile fp8_rowwise profile \
       > "$OUT/levers_fp8_rowwise.log" 2>&1 || echo "fp8rowwise exit $?" ;;
@@ -65,7 +65,7 @@ case "${1:-}" in
     TORCHINDUCTOR_CACHE_DIR=/tmp/zimage-inductor-cache-fp8 timeout 560 python -m perf.levers \
       --out "$OUT/levers_te_compile.json" --batch 1 8 12 --profile-batch 1 \
       --levers runner fp8_rowwise te_compile profile > "$OUT/levers_te_compile.log" 2>&1 || echo "levers3 exit $?" ;;
-  levers4)  # the text encoder replayed as CUDA graphs (deployments/prompt_encoder.py) on top of the FP8 service's levers
+  levers4)  # the text encoder replayed as CUDA graphs (deployments/pipeline/text_encoder.py) on top of the FP8 service's levers
     TORCHINDUCTOR_CACHE_DIR=/tmp/zimage-inductor-cache-fp8 timeout 500 python -m perf.levers \
       --out "$OUT/levers_te_graphs.json" --batch 1 8 12 --profile-batch 1 \
       --levers ${LEVERS4:-runner fp8_rowwise te_graphs profile cpu_profile} > "$OUT/levers_te_graphs.log" 2>&1 || echo "levers4 exit $?" ;;

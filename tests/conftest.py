@@ -16,7 +16,7 @@ def _forget_in_process_state_gauges():
     """Tests that build a ZImageGenerator in the pytest process leave its StateGauges re-recording forever (a daemon
     thread); a later test that starts Ray in this process would then export them from the driver as stray series.
     Replicas run in their own processes and are unaffected."""
-    from deployments.metrics import StateGauge
+    from deployments.observability.metrics import StateGauge
 
     before = list(StateGauge._live)
     yield

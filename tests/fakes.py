@@ -2,7 +2,7 @@
 
 Only the failure modes are fake (a CPU cannot run out of CUDA memory); every image is still made by the real
 `ZImagePipeline`. Factories are plain picklable objects: Serve ships them to the Generator replica, which calls them
-like `deployments.pipeline_factory.load_pipeline(source, device, dtype)`. Calls are recorded as JSON lines in a file
+like `deployments.pipeline.loading.load_pipeline(source, device, dtype)`. Calls are recorded as JSON lines in a file
 so the test process can see what reached the pipeline inside the replica process.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from deployments.pipeline_factory import load_pipeline
+from deployments.pipeline.loading import load_pipeline
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (simulated by tests.fakes)"
 

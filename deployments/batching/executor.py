@@ -1,0 +1,94 @@
+"""Run one same-shape group of requests on the engine: OOM split-retry, per-request results, metrics.
+
+Runs in the replica's single GPU thread. A request that fails alone gets its own error result; the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from deployments.batching.oom_split import is_oom, run_with_oom_split
+from deployments.messages import GenerationResult, GenerationSpec
+from deployments.observability.metrics import GeneratorMetrics
+from deployments.pipeline.engine import ZImageEngine
+from deployments.pipeline.runner import Shape
+
+logger = logging.getLogger("ray.serve")
+
+
+class GroupExecutor:
+    def __init__(
+        self,
+        engine: ZImageEngine,
+        metrics: GeneratorMetrics,
+        replica: str,
+        on_batch_too_large: Callable[[int, int], None],
+    ):
+        """`on_batch_too_large(smallest_failed, largest_ok)`: a batch hit OOM although its items fit in smaller ones."""
+        self.engine, self.metrics, self.replica = engine, metrics, replica
+        self.on_batch_too_large = on_batch_too_large
+        self.fatal: BaseException | None = None  # a sticky CUDA error: the replica must be replaced
+
+    @property
+    def model_source(self) -> str:
+        return self.engine.cfg.model.label
+
+    def run_group(self, specs: list[GenerationSpec]) -> list[GenerationResult]:
+        try:
+            outcome = run_with_oom_split(
+                specs,
+                self._run_chunk,
+                on_oom=self.engine.release_cached_memory,
+                on_fail_alone=lambda s, exc: self._failed([s], exc)[0],
+            )
+        except Exception as exc:
+            return self._failed(specs, exc)
+        if outcome.largest_failed is not None:  # only OOMs of batches whose items all fit alone lower the cap
+            self.on_batch_too_large(outcome.largest_failed, max(outcome.sizes_run))
+        if outcome.oom_splits:
+            self.metrics.oom_splits.inc(outcome.oom_splits)
+        return outcome.results
+
+    def _run_chunk(self, chunk: list[GenerationSpec]) -> list[GenerationResult]:
+        first = chunk[0]
+        out = self.engine.run([s.prompt for s in chunk], [s.seed for s in chunk], Shape(*first.shape))
+        t = out.times
+        stage_s = {"encode": t.encode_s, "denoise": t.denoise_s, "decode": t.decode_s}
+        self.metrics.batch_size.observe(len(chunk))
+        for stage, secs in stage_s.items():
+            self.metrics.stage.observe(secs, tags={"stage": stage})
+        self.metrics.gpu_seconds_per_image.observe(t.total_s / len(chunk))
+        self.metrics.images.inc(len(chunk), tags={"model_source": self.model_source})
+        peak = max(out.stage_peak_bytes.values(), default=0)
+        return [
+            GenerationResult(
+                image=img,
+                seed=s.seed,
+                model_source=self.model_source,
+                replica=self.replica,
+                batch_size=len(chunk),
+                inference_s=t.total_s,
+                stage_s=stage_s,
+                peak_memory_bytes=peak,
+            )
+            for s, img in zip(chunk, out.images, strict=True)
+        ]
+
+    def _failed(self, specs: list[GenerationSpec], exc: BaseException) -> list[GenerationResult]:
+        kind = "oom" if is_oom(exc) else "internal"
+        if kind == "internal" and "CUDA error" in str(exc):
+            self.fatal = exc  # a sticky CUDA error poisons the context: fail health checks so Serve replaces us
+        logger.error("generation failed for %d request(s) (%s): %s", len(specs), kind, exc)
+        self.metrics.failures.inc(len(specs), tags={"reason": kind})
+        return [
+            GenerationResult(
+                image=None,
+                seed=s.seed,
+                model_source=self.model_source,
+                replica=self.replica,
+                error=f"{type(exc).__name__}: {exc}",
+                error_kind=kind,
+            )
+            for s in specs
+        ]

@@ -1,0 +1,108 @@
+"""Typed JSON errors (OpenAI's shape: {"error": {message, type, param, code}}) and the handlers that emit them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    status = 500
+    type = "server_error"
+
+    def __init__(
+        self,
+        param: str | None,
+        message: str,
+        *,
+        code: str | None = None,
+        limit: Any = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.param, self.message, self.code, self.limit, self.headers = param, message, code, limit, headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.type, self.message, self.param, self.code, self.limit, self.headers)
+
+
+class InvalidRequest(ApiError):
+    status, type = 422, "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "authentication_error"
+
+
+class Overloaded(ApiError):
+    status, type = 503, "overloaded"
+
+
+class GenerationFailed(ApiError):
+    status, type = 500, "server_error"
+
+
+def error_body(type_: str, message: str, param: str | None = None, code: str | None = None, limit: Any = None) -> dict:
+    """The one place that shapes an error body: `{"error": {message, type, param, code[, limit]}}`."""
+    body: dict[str, Any] = {"message": message, "type": type_, "param": param, "code": code}
+    if limit is not None:
+        body["limit"] = limit
+    return {"error": body}
+
+
+def error_response(
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    limit: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(type_, message, param, code, limit), status_code=status, headers=headers)
+
+
+def _param_of(loc: tuple, error_type: str | None) -> str:
+    """Dotted field path; `body` for errors about the body as a whole (not JSON, not an object, empty)."""
+    parts = [str(p) for p in loc if p != "body"]
+    if error_type == "json_invalid" or not parts:  # json_invalid's loc carries a character offset, not a field
+        return "body"
+    return ".".join(parts)
+
+
+def _known_fields(request: Request, loc: tuple) -> list[str] | None:
+    """Field names of the route's body model (top level), for `extra_forbidden` errors."""
+    route = request.scope.get("route")
+    body_field = getattr(route, "body_field", None)
+    model = getattr(getattr(body_field, "field_info", None), "annotation", None) or getattr(body_field, "type_", None)
+    fields = getattr(model, "model_fields", None)
+    return sorted(fields) if fields and len([p for p in loc if p != "body"]) == 1 else None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _param_of(tuple(first.get("loc", ())), first.get("type"))
+        ctx = {k: v for k, v in (first.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
+        message = f"{param}: {first['msg']}"
+        limit = ctx or None
+        if first.get("type") == "json_invalid":  # the decoder's reason is part of the message
+            message, limit = f"body: {first['msg']} ({ctx.get('error', 'malformed')})", "a JSON object"
+        elif first.get("type") == "extra_forbidden":  # the limit is the set of fields the route knows
+            limit = _known_fields(request, first.get("loc", ()))
+        elif first.get("type") == "missing":
+            limit = "required"
+        return error_response(422, "invalid_request_error", message, param, first.get("type"), limit)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "invalid_request_error", str(exc.detail), headers=exc.headers)

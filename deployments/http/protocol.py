@@ -1,0 +1,73 @@
+"""HTTP protocol models: the OpenAI images API and a plain `/generate`. Shapes only; deployments/http/validation.py
+checks values against the configured limits (they are per deployment, so not in the schema's static bounds)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.http.image_encoding import ImageFormat
+
+MAX_SEED = 2**32 - 1
+
+
+class OutputEncoding(BaseModel):
+    """How the image comes back: as OpenAI's images API names it."""
+
+    output_format: ImageFormat | None = Field(None, description="`png` (default, lossless), `jpeg` or `webp`.")
+    output_compression: int | None = Field(
+        None, description="jpeg/webp quality, 0-100 (OpenAI's name; 100 = best, the default)."
+    )
+
+
+class GenerateRequest(OutputEncoding):
+    """POST /generate: one image, answered as image bytes (PNG unless `output_format` says otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(description="What to draw (any language; Z-Image renders Chinese and English text).")
+    width: int | None = Field(None, description="Pixels; a multiple of 16 within the configured limits.")
+    height: int | None = None
+    num_inference_steps: int | None = Field(None, description="Denoising steps (Turbo: 8).")
+    seed: int | None = Field(None, description=f"0..{MAX_SEED}; random when omitted. Same seed, same image.")
+
+
+class ImagesRequest(OutputEncoding):
+    """POST /v1/images/generations, as the `openai` SDK sends it (seed/num_inference_steps via `extra_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    model: str | None = None
+    n: int = 1
+    size: str | None = Field(None, description="`WIDTHxHEIGHT` or `auto`.")
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    quality: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    style: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    user: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    seed: int | None = None
+    num_inference_steps: int | None = None
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: ImageFormat = "png"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="`invalid_request_error`, `authentication_error`, `overloaded` or `server_error`.")
+    param: str | None = Field(None, description="The request field at fault (dotted path), `body` for the whole body.")
+    code: str | None = None
+    limit: int | float | str | list | dict | None = Field(None, description="The limit the field broke, if any.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error body, OpenAI's shape."""
+
+    error: ErrorDetail

@@ -1,0 +1,83 @@
+"""Serving logic behind the routes: fan a request's images out to the GPU deployment, map failures to HTTP errors,
+and describe how each image was made in X-* headers. Route functions (deployments/ingress.py) stay one-liners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.config import AppConfig
+from deployments.http.errors import ApiError, GenerationFailed, Overloaded
+from deployments.messages import GenerationResult, GenerationSpec
+from deployments.observability.metrics import IngressMetrics
+
+logger = logging.getLogger("ray.serve")
+
+
+def result_headers(results: list[GenerationResult]) -> dict[str, str]:
+    def join(values) -> str:
+        return ",".join(str(v) for v in values)
+
+    return {
+        "X-Model-Source": results[0].model_source,
+        "X-Seed": join(r.seed for r in results),
+        "X-Batch-Size": join(r.batch_size for r in results),
+        "X-Queue-Wait-Ms": join(f"{r.queue_wait_s * 1e3:.1f}" for r in results),
+        "X-Inference-Ms": join(f"{r.inference_s * 1e3:.1f}" for r in results),
+        "X-Stage-Ms": join(
+            "/".join(f"{r.stage_s.get(k, 0) * 1e3:.1f}" for k in ("encode", "denoise", "decode")) for r in results
+        ),
+        "X-Peak-Memory-MB": join(f"{r.peak_memory_bytes / 2**20:.0f}" for r in results),
+        "X-Replica": join(r.replica for r in results),
+    }
+
+
+class GenerationClient:
+    """Calls the GPU deployment: overload and lost replicas become 503 + Retry-After; a replica that dies under a
+    request is retried once on another (same seed, same image)."""
+
+    def __init__(self, cfg: AppConfig, generator: DeploymentHandle, metrics: IngressMetrics):
+        self.cfg, self.generator, self.metrics = cfg, generator, metrics
+
+    def _unavailable(self, reason: str, message: str, code: str | None = None) -> Overloaded:
+        self.metrics.rejected.inc(tags={"reason": reason})
+        return Overloaded(None, message, code=code or reason, headers={"Retry-After": str(self.cfg.retry_after_s)})
+
+    async def one(self, spec: GenerationSpec) -> GenerationResult:
+        for attempt in (1, 2):
+            try:
+                result: GenerationResult = await self.generator.generate.remote(spec)
+            except BackPressureError as exc:
+                message = f"server busy: the generation queue is full ({exc.message})"
+                raise self._unavailable("overloaded", message, code="queue_full") from exc
+            except DeploymentUnavailableError as exc:
+                raise self._unavailable("unavailable", "no generator replica is available") from exc
+            except RayActorError as exc:  # the replica process died while it held this request
+                if attempt == 1:
+                    logger.warning(
+                        "request %s: generator replica died (%s); retrying once", spec.request_id, type(exc).__name__
+                    )
+                    continue
+                message = "the generator replica serving this request died; retry"
+                raise self._unavailable("replica_died", message) from exc
+            if result.error is not None:
+                raise GenerationFailed(
+                    None, f"generation failed ({result.error_kind}): {result.error}", code=result.error_kind
+                )
+            return result
+        raise AssertionError("unreachable")
+
+    async def run(self, specs: list[GenerationSpec]) -> list[GenerationResult]:
+        """All images of one request, concurrently (they may land in one batch); the first error answers it."""
+        if self.cfg.log_prompts:
+            logger.info("request %s: %r", specs[0].request_id, specs[0].prompt)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.one(s)) for s in specs]
+        except* ApiError as eg:
+            raise eg.exceptions[0] from None
+        return [t.result() for t in tasks]

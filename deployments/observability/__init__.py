@@ -1,0 +1,1 @@
+"""Observability: Serve metrics (Prometheus), NVML GPU sampling, replica identity."""

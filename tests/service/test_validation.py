@@ -1,0 +1,132 @@
+"""Every invalid request gets a 4xx JSON error naming the field (`error.param`) and its limit, over real HTTP against
+real Serve, and none of them reaches the pipeline.
+
+The pipeline is the real tiny one, wrapped by `tests.fakes.WrappingFactory` only to count denoise calls inside the
+replica: the count must not move while bad requests arrive, and must move for a good one (so the count is live).
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from deployments.http.protocol import MAX_SEED
+from tests.fakes import WrappingFactory
+from tests.http_client import post
+from tests.serve_harness import BASE_URL
+
+# tests.serve_harness.tiny_config limits: sides 256..512 in steps of 16, 1..16 steps, n 1..4, prompt <= 2000 chars.
+SIDES, STEPS, N = [256, 512], [1, 16], [1, 4]
+OK = {"prompt": "a red car"}
+
+# (route, body, status, param, limit or None, text that the message must contain)
+GENERATE = [
+    ({**OK, "width": 128}, 422, "width", SIDES, "256"),
+    ({**OK, "width": 1024}, 422, "width", SIDES, "512"),
+    ({**OK, "width": 264}, 422, "width", 16, "multiple of 16"),
+    ({**OK, "height": 250}, 422, "height", SIDES, "256"),
+    ({**OK, "height": 520}, 422, "height", SIDES, "512"),
+    ({**OK, "num_inference_steps": 0}, 422, "num_inference_steps", STEPS, "16"),
+    ({**OK, "num_inference_steps": 17}, 422, "num_inference_steps", STEPS, "16"),
+    ({"prompt": ""}, 422, "prompt", None, "empty"),
+    ({"prompt": "   \n"}, 422, "prompt", None, "empty"),
+    ({"prompt": "x" * 2001}, 422, "prompt", 2000, "2000"),
+    ({**OK, "seed": -1}, 422, "seed", [0, MAX_SEED], str(MAX_SEED)),
+    ({**OK, "seed": MAX_SEED + 1}, 422, "seed", [0, MAX_SEED], str(MAX_SEED)),
+    ({**OK, "guidance_scale": 5.0}, 422, "guidance_scale", None, "guidance_scale"),
+    ({**OK, "width": "wide"}, 422, "width", None, "integer"),
+    ({**OK, "seed": 1.5}, 422, "seed", None, "integer"),
+    ({"prompt": 123}, 422, "prompt", None, "string"),
+    ({"width": 256}, 422, "prompt", None, "required"),
+    ({**OK, "output_format": "gif"}, 422, "output_format", None, "webp"),
+    ({**OK, "output_compression": 50}, 422, "output_compression", ["jpeg", "webp"], "jpeg"),
+    ({**OK, "output_format": "jpeg", "output_compression": 101}, 422, "output_compression", [0, 100], "100"),
+    ({**OK, "output_format": "webp", "output_compression": -1}, 422, "output_compression", [0, 100], "100"),
+]
+IMAGES = [
+    ({**OK, "n": 0}, 422, "n", N, "4"),
+    ({**OK, "n": 5}, 422, "n", N, "4"),
+    ({**OK, "size": "big"}, 422, "size", "WIDTHxHEIGHT", "1024x1024"),
+    ({**OK, "size": "256x1000"}, 422, "height", SIDES, "512"),
+    ({**OK, "size": "100x256"}, 422, "width", SIDES, "256"),
+    ({**OK, "size": "260x256"}, 422, "width", 16, "multiple of 16"),
+    ({**OK, "response_format": "url"}, 422, "response_format", "b64_json", "b64_json"),
+    ({**OK, "model": "dall-e-3"}, 422, "model", "z-image-turbo", "z-image-turbo"),
+    ({**OK, "num_inference_steps": 40}, 422, "num_inference_steps", STEPS, "16"),
+    ({**OK, "seed": MAX_SEED, "n": 2}, 422, "seed", [0, MAX_SEED], str(MAX_SEED)),
+    ({**OK, "negative_prompt": "blurry"}, 422, "negative_prompt", None, "negative_prompt"),
+    ({**OK, "n": "two"}, 422, "n", None, "integer"),
+    ({"n": 1}, 422, "prompt", None, "required"),
+    ({"prompt": "  "}, 422, "prompt", None, "empty"),
+    ({**OK, "output_format": "gif"}, 422, "output_format", None, "webp"),
+    ({**OK, "output_compression": 50}, 422, "output_compression", ["jpeg", "webp"], "jpeg"),
+    ({**OK, "output_format": "jpeg", "output_compression": 101}, 422, "output_compression", [0, 100], "100"),
+    ({**OK, "output_format": "webp", "output_compression": -1}, 422, "output_compression", [0, 100], "100"),
+]
+CASES = [("/generate", *c) for c in GENERATE] + [("/v1/images/generations", *c) for c in IMAGES]
+
+
+@pytest.fixture(scope="module")
+def counted(serve_cluster, tmp_path_factory):
+    factory = WrappingFactory(log_path=str(tmp_path_factory.mktemp("validation") / "calls.jsonl"))
+    serve_cluster.deploy(pipeline_factory=factory)
+    return factory
+
+
+def _error(response: httpx.Response) -> dict:
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+def test_invalid_requests_get_4xx_naming_field_and_limit(counted):
+    calls_before = len(counted.calls())
+    problems = []
+    for route, body, status, param, limit, text in CASES:
+        response = post(route, body)
+        if response.status_code != status:
+            problems.append(f"{route} {str(body)[:60]}: status {response.status_code}: {response.text[:200]}")
+            continue
+        error = _error(response)
+        if error.get("param") != param:
+            problems.append(f"{route} {str(body)[:60]}: param {error.get('param')!r} != {param!r}")
+        if limit is not None and error.get("limit") != limit:
+            problems.append(f"{route} {str(body)[:60]}: limit {error.get('limit')!r} != {limit!r}")
+        if text.lower() not in error["message"].lower():
+            problems.append(f"{route} {str(body)[:60]}: message {error['message']!r} lacks {text!r}")
+        if error.get("type") != "invalid_request_error":
+            problems.append(f"{route} {str(body)[:60]}: type {error.get('type')!r}")
+    assert not problems, "\n".join(problems)
+    assert len(counted.calls()) == calls_before  # nothing invalid reached the pipeline
+
+
+MALFORMED = [b"{not json", b'{"prompt": "a red car",}', b'["a red car"]', b"null", b""]
+
+
+@pytest.mark.parametrize("route", ["/generate", "/v1/images/generations"])
+def test_malformed_bodies_are_rejected_before_the_pipeline(counted, route):
+    calls_before = len(counted.calls())
+    for raw in MALFORMED:
+        response = httpx.post(f"{BASE_URL}{route}", content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (raw, response.text)
+        assert _error(response)["message"], raw
+    big = httpx.post(f"{BASE_URL}{route}", json={"prompt": "x" * 70_000})
+    assert big.status_code == 413
+    assert _error(big)["param"] == "body" and _error(big)["limit"] == 64 * 1024
+    assert len(counted.calls()) == calls_before
+
+
+def test_malformed_body_errors_name_the_body(counted):
+    for raw in MALFORMED:
+        response = httpx.post(f"{BASE_URL}/generate", content=raw, headers={"content-type": "application/json"})
+        error = _error(response)
+        assert error["param"] == "body" and "limit" not in error, (raw, error)
+
+
+def test_valid_request_does_reach_the_pipeline(counted):
+    """The call counter is live: without this, 'zero calls' above could not fail."""
+    calls_before = len(counted.calls())
+    response = post("/generate", {"prompt": "a red car", "seed": 1, "num_inference_steps": 2})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert len(counted.calls()) == calls_before + 1
