@@ -84,9 +84,9 @@ def arch_for_source(model_source: str) -> DitArch:
     """The architecture behind an `X-Model-Source` label: tiny for `random:tiny`, the released one otherwise."""
     if model_source == "random:tiny":
         from deployments.config import RandomArch
-        from deployments.pipeline.random_model import _transformer_kwargs
+        from deployments.pipeline.random_model import transformer_config
 
-        return DitArch.from_config(_transformer_kwargs(RandomArch.TINY))
+        return DitArch.from_config(transformer_config(RandomArch.TINY))
     return FULL_ARCH
 
 

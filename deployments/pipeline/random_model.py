@@ -55,7 +55,7 @@ def build_stand_in_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return tok
 
 
-def _text_encoder_config(arch: RandomArch) -> Qwen3Config:
+def text_encoder_config(arch: RandomArch) -> Qwen3Config:
     if arch is RandomArch.FULL:
         return Qwen3Config(
             vocab_size=151936,
@@ -83,7 +83,7 @@ def _text_encoder_config(arch: RandomArch) -> Qwen3Config:
     )
 
 
-def _transformer_kwargs(arch: RandomArch) -> dict:
+def transformer_config(arch: RandomArch) -> dict:
     if arch is RandomArch.FULL:
         return dict(
             dim=3840,
@@ -111,7 +111,7 @@ def _transformer_kwargs(arch: RandomArch) -> dict:
     )
 
 
-def _vae_kwargs(arch: RandomArch) -> dict:
+def vae_config(arch: RandomArch) -> dict:
     full = arch is RandomArch.FULL
     return dict(
         in_channels=3,
@@ -145,10 +145,10 @@ def build_random_pipeline(arch: RandomArch, device: str, dtype: torch.dtype, see
     start = time.perf_counter()
     torch.manual_seed(seed)
     with torch.device(device), _default_dtype(dtype):
-        text_encoder = Qwen3Model(_text_encoder_config(arch)).eval()
-        transformer = ZImageTransformer2DModel(**_transformer_kwargs(arch)).eval()
-        vae = AutoencoderKL(**_vae_kwargs(arch)).eval()
-    tokenizer = build_stand_in_tokenizer(_text_encoder_config(arch).vocab_size)
+        text_encoder = Qwen3Model(text_encoder_config(arch)).eval()
+        transformer = ZImageTransformer2DModel(**transformer_config(arch)).eval()
+        vae = AutoencoderKL(**vae_config(arch)).eval()
+    tokenizer = build_stand_in_tokenizer(text_encoder_config(arch).vocab_size)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
     pipe = ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer

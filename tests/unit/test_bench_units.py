@@ -23,7 +23,7 @@ from bench.stats import count_outcomes, percentile, request_stats
 from bench.telemetry import summarize_window
 from deployments.config import RandomArch
 from deployments.observability.gpu_sampler import GpuSample
-from deployments.pipeline.random_model import _transformer_kwargs
+from deployments.pipeline.random_model import transformer_config
 
 # Latencies (s) recorded from a CPU sweep row, unsorted as they arrived.
 RECORDED = [0.412, 0.398, 1.107, 0.405, 0.731, 0.389, 2.954, 0.402, 0.420, 0.395, 0.818, 0.401]
@@ -92,12 +92,12 @@ def test_steady_throughput_leaves_out_the_ramp_and_the_first_batch():
 
 def test_dit_flops_match_the_reference_and_torch_flop_counter():
     assert FULL_ARCH.forward_flops(1024, 1024) / 1e12 == pytest.approx(55.1, abs=0.05)
-    assert DitArch.from_config(_transformer_kwargs(RandomArch.FULL)) == FULL_ARCH
+    assert DitArch.from_config(transformer_config(RandomArch.FULL)) == FULL_ARCH
     defaults = {k: v.default for k, v in inspect.signature(ZImageTransformer2DModel.__init__).parameters.items()}
     assert DitArch.from_config(defaults) == FULL_ARCH  # diffusers' defaults are the released model's
     # 512² has a quarter of the image tokens; attention shrinks faster than linearly.
     assert 0.2 < FULL_ARCH.forward_flops(512, 512) / FULL_ARCH.forward_flops(1024, 1024) < 0.25
-    model = ZImageTransformer2DModel(**_transformer_kwargs(RandomArch.TINY)).eval()
+    model = ZImageTransformer2DModel(**transformer_config(RandomArch.TINY)).eval()
     arch = DitArch.from_config(model.config)
     assert arch == arch_for_source("random:tiny")
     for h, w, cap in ((256, 256, 25), (128, 384, 40)):
