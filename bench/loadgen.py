@@ -1,31 +1,46 @@
-"""HTTP load driver: closed loop (N clients, each sends when its last answer came) or open loop (Poisson arrivals).
+"""The one HTTP load generator (httpx), for bench and the reliability tests.
 
-Open-loop latency is measured from the *scheduled* send time, so a slow server cannot hide its queueing by slowing
-the client down (no coordinated omission). Both loops are bounded by a request count and a duration; requests still
-in flight `drain_s` after the duration are cancelled and counted as errors. A warm-up phase (closed loop, optionally
-with fewer denoising steps: same tensor shapes, less time) runs first and is excluded from the measured phase.
+Two load models: closed loop (N clients, each sends when its last answer came) and open loop (Poisson arrivals,
+optionally with a rate that changes over time). Open-loop latency is measured from the *scheduled* send time, so a slow
+server cannot hide its queueing by slowing the client down (no coordinated omission).
 
-Closed loop with `cooldown`: once the measured requests are all sent, the clients keep sending (phase "cooldown",
-not measured) until every measured request has its answer. Without it the last measured requests run in partial
-batches while the load drains, and a batching server's throughput is understated by its own tail.
+Accounting: every request ends as exactly one `RequestRecord` whose `kind` is ok (2xx), rejected (429/503: the
+service said "not now") or error (any other status, a client-side exception, a timeout, or a cancellation at the
+duration bound), so `sent == ok + rejected + errors` holds by construction and `summarize` checks it.
+
+Two entry points share the request path (`send_one`) and the Poisson schedule (`poisson_offsets`):
+- `LoadDriver` / `run_load`: bench's phased runs of a `Workload` (warm-up, measured phase, optional cooldown), bounded
+  by a request count and a duration; requests still in flight `drain_s` after the duration are cancelled. With
+  `cooldown` the clients keep sending (unmeasured) until every measured request is answered, so a batching server's
+  throughput is not understated by the partial batches of its own tail.
+- `open_loop` / `closed_loop` / `measure_capacity`: the reliability tests' scenarios (one payload, time-bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import aiohttp
+import httpx
+import numpy as np
 
 from bench.workload import Workload
 
 logger = logging.getLogger(__name__)
 
 REJECT_STATUSES = (429, 503)  # overload answers (queue full): the service said "not now", not "broken"
+ERROR_OUTCOMES = ("error", "timeout", "cancelled")
+RESULTS_ENV = "ZIMAGE_RESULTS_DIR"  # set it to write each reliability scenario's raw JSON (tests/results/reliability)
+DEFAULT_PROMPT = "a realistic photo of a red sports car on a mountain road at sunset"
+
+Send = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 
 
 @dataclass
@@ -33,13 +48,16 @@ class RequestRecord:
     """One request. Times are wall clock (time.time()), derived from a monotonic clock so they never jump."""
 
     index: int
-    phase: str  # "warmup" | "measure" | "cooldown"
+    phase: str  # "warmup" | "measure" | "cooldown" | "load" (reliability scenarios)
     scheduled_t: float  # when it was meant to be sent (open: the Poisson schedule; closed: when its client was free)
     sent_t: float  # when the request actually started
+    due_s: float = 0.0  # scheduled send time, seconds after its run started
     done_t: float | None = None
-    status: int | None = None
+    status: int | None = None  # None: no HTTP answer (connection error, timeout, cancelled)
     outcome: str = "pending"  # ok | rejected | error | timeout | cancelled
-    error: str | None = None
+    error: str | None = None  # the body's start (non-2xx) or the client-side exception
+    code: str | None = None  # the JSON error's `code` (non-2xx answers from the service)
+    retry_after: str | None = None
     seed: int | None = None
     steps: int | None = None
     batch_size: int | None = None
@@ -57,12 +75,112 @@ class RequestRecord:
     def send_lag_s(self) -> float:
         return self.sent_t - self.scheduled_t
 
+    @property
+    def kind(self) -> str:
+        """ok | rejected | error: the three bins every request falls in exactly once."""
+        return "error" if self.outcome in ERROR_OUTCOMES or self.outcome == "pending" else self.outcome
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["latency_s"] = self.latency_s
         return d
 
 
+class Clock:
+    """Monotonic time for scheduling, reported as wall-clock seconds."""
+
+    def __init__(self):
+        self.mono0, self.wall0 = time.monotonic(), time.time()
+
+    def wall(self, mono: float | None = None) -> float:
+        return self.wall0 + ((time.monotonic() if mono is None else mono) - self.mono0)
+
+
+def _header(headers, name: str, cast=float):
+    raw = headers.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return cast(raw.split(",")[0])
+    except ValueError:
+        return None
+
+
+def _record_response(rec: RequestRecord, resp: httpx.Response) -> None:
+    h = resp.headers
+    rec.status, rec.bytes = resp.status_code, len(resp.content)
+    rec.replica, rec.retry_after = h.get("x-replica"), h.get("retry-after")
+    if 200 <= resp.status_code < 300:
+        rec.outcome = "ok"
+        rec.batch_size = _header(h, "x-batch-size", int)
+        rec.queue_wait_ms = _header(h, "x-queue-wait-ms")
+        rec.inference_ms = _header(h, "x-inference-ms")
+        rec.peak_memory_mb = _header(h, "x-peak-memory-mb")
+        return
+    rec.outcome = "rejected" if resp.status_code in REJECT_STATUSES else "error"
+    rec.error = resp.content[:300].decode("utf-8", "replace")
+    try:
+        rec.code = resp.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        pass
+
+
+async def send_one(
+    client: httpx.AsyncClient,
+    send: Send,
+    rec: RequestRecord,
+    clock: Clock,
+    timeout_s: float,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> RequestRecord:
+    """Run `send` and classify its answer into `rec`; whatever happens, `rec` ends with exactly one outcome."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _record_response(rec, await send(client))
+    except asyncio.CancelledError:
+        rec.outcome, rec.error = "cancelled", "still in flight at the duration bound"
+        raise
+    except (TimeoutError, httpx.TimeoutException):
+        rec.outcome, rec.error = "timeout", f"no answer within {timeout_s}s"
+    except httpx.HTTPError as exc:
+        rec.outcome, rec.error = "error", f"{type(exc).__name__}: {exc}"
+    finally:
+        rec.done_t = clock.wall()
+        if on_done is not None:
+            on_done(rec)
+    return rec
+
+
+def make_client(base_url: str, timeout_s: float = 600.0, headers: dict | None = None) -> httpx.AsyncClient:
+    """No client-side connection cap: the load model, not the client, decides concurrency."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    return httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, limits=limits, headers=headers or {})
+
+
+def poisson_offsets(rate: float | Callable[[float], float], duration_s: float, seed: int, limit: int | None = None):
+    """Seeded Poisson arrivals (exponential gaps, mean 1/rate; `rate` may be a function of elapsed seconds), cut at
+    `duration_s` and `limit` arrivals."""
+    rng, t, n = random.Random(seed), 0.0, 0
+    while limit is None or n < limit:
+        t += rng.expovariate(rate(t) if callable(rate) else rate)
+        if t > duration_s:
+            return
+        n += 1
+        yield t
+
+
+async def _cancel_after(tasks: list[asyncio.Task], deadline_mono: float, what: str) -> None:
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline_mono - time.monotonic()))
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if pending:
+        logger.warning("%s: cancelled %d request task(s) at the duration bound", what, len(pending))
+
+
+# ---- bench: phased runs of a workload -----------------------------------------------------------------------------
 @dataclass
 class LoadSpec:
     """How hard and how long to push; `requests` and `duration_s` bound the measured phase."""
@@ -102,164 +220,200 @@ class Phase:
         return max(done) if done else self.end_t
 
 
-def _header(headers, name: str, cast=float):
-    raw = headers.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return cast(raw.split(",")[0])
-    except ValueError:
-        return None
-
-
 class LoadDriver:
     """Sends a Workload to `base_url` under a LoadSpec; `on_done(record)` runs after each request (progress bars)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        workload: Workload,
-        spec: LoadSpec,
-        on_done: Callable[[RequestRecord], None] | None = None,
-        headers: dict | None = None,
-    ):
-        self.base_url = base_url.rstrip("/")
-        self.workload = workload
-        self.spec = spec
-        self.on_done = on_done
-        self.headers = headers or {}
+    def __init__(self, base_url, workload: Workload, spec: LoadSpec, on_done=None, headers: dict | None = None):
+        self.base_url, self.workload, self.spec = base_url, workload, spec
+        self.on_done, self.headers = on_done, headers or {}
         self._next_index = 0
-        self._mono0 = time.monotonic()
-        self._wall0 = time.time()
-
-    def _wall(self, mono: float) -> float:
-        return self._wall0 + (mono - self._mono0)
+        self.clock = Clock()
 
     async def run(self) -> dict[str, Phase]:
-        connector = aiohttp.TCPConnector(limit=0)  # no client-side cap: the load model decides concurrency
-        timeout = aiohttp.ClientTimeout(total=self.spec.timeout_s)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers) as session:
-            phases = {}
-            s = self.spec
+        async with make_client(self.base_url, self.spec.timeout_s, self.headers) as client:
+            phases, s = {}, self.spec
             if s.warmup_requests:
                 conc = s.warmup_concurrency or (s.concurrency if s.mode == "closed" else 1)
-                phases["warmup"] = await self._closed(session, "warmup", conc, s.warmup_requests, s.warmup_steps)
+                phases["warmup"] = await self._closed(client, "warmup", conc, s.warmup_requests, s.warmup_steps)
             if s.mode == "closed":
                 cooldown = Phase("cooldown", 0.0) if s.cooldown else None
-                phases["measure"] = await self._closed(session, "measure", s.concurrency, s.requests, None, cooldown)
+                phases["measure"] = await self._closed(client, "measure", s.concurrency, s.requests, None, cooldown)
                 if cooldown is not None:
                     phases["cooldown"] = cooldown
             else:
-                phases["measure"] = await self._open(session, s.rate, s.requests)
+                phases["measure"] = await self._open(client, s.rate, s.requests)
             return phases
 
-    # ---- one request ---------------------------------------------------------------------------------------------
-    async def _one(self, session, phase: Phase, scheduled_mono: float, steps: int | None) -> None:
+    async def _one(self, client, phase: Phase, scheduled_mono: float, steps: int | None) -> None:
         index = self._next_index
         self._next_index += 1
         path, body = self.workload.request(index, steps)
         rec = RequestRecord(
             index=index,
             phase=phase.name,
-            scheduled_t=self._wall(scheduled_mono),
-            sent_t=self._wall(time.monotonic()),
+            scheduled_t=self.clock.wall(scheduled_mono),
+            sent_t=self.clock.wall(),
+            due_s=scheduled_mono - self.clock.mono0,
             seed=body.get("seed"),
             steps=body.get("num_inference_steps"),
         )
         phase.records.append(rec)
-        try:
-            async with session.post(self.base_url + path, json=body) as resp:
-                payload = await resp.read()
-                rec.status, rec.bytes = resp.status, len(payload)
-                if 200 <= resp.status < 300:
-                    rec.outcome = "ok"
-                    h = resp.headers
-                    rec.batch_size = _header(h, "X-Batch-Size", int)
-                    rec.queue_wait_ms = _header(h, "X-Queue-Wait-Ms")
-                    rec.inference_ms = _header(h, "X-Inference-Ms")
-                    rec.peak_memory_mb = _header(h, "X-Peak-Memory-MB")
-                    rec.replica = h.get("X-Replica")
-                else:
-                    rec.outcome = "rejected" if resp.status in REJECT_STATUSES else "error"
-                    rec.error = payload[:300].decode("utf-8", "replace")
-        except asyncio.CancelledError:
-            rec.outcome, rec.error = "cancelled", "still in flight at the duration bound"
-            raise
-        except TimeoutError:
-            rec.outcome, rec.error = "timeout", f"no answer within {self.spec.timeout_s}s"
-        except aiohttp.ClientError as exc:
-            rec.outcome, rec.error = "error", f"{type(exc).__name__}: {exc}"
-        finally:
-            rec.done_t = self._wall(time.monotonic())
-            if self.on_done is not None:
-                self.on_done(rec)
-
-    # ---- load models ---------------------------------------------------------------------------------------------
-    async def _finish(self, phase: Phase, tasks: list[asyncio.Task], hard_end_mono: float) -> Phase:
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max(0.0, hard_end_mono - time.monotonic()))
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            if pending:
-                logger.warning("%s: cancelled %d request task(s) at the duration bound", phase.name, len(pending))
-        phase.end_t = self._wall(time.monotonic())
-        return phase
+        await send_one(client, lambda c: c.post(path, json=body), rec, self.clock, self.spec.timeout_s, self.on_done)
 
     async def _closed(
-        self, session, name: str, concurrency: int, requests: int, steps: int | None, cooldown: Phase | None = None
+        self, client, name: str, concurrency: int, requests: int, steps: int | None, cooldown: Phase | None = None
     ) -> Phase:
         """`concurrency` clients share `requests`; with a `cooldown` phase a client whose share is used up keeps
         sending into it while any request of `phase` is still unanswered (a full queue until the last one is done)."""
         start = time.monotonic()
-        phase = Phase(name, self._wall(start))
+        phase = Phase(name, self.clock.wall(start))
         send_until = start + self.spec.duration_s
         remaining, unanswered = [requests], [requests]
 
-        async def client() -> None:
+        async def one_client() -> None:
             while time.monotonic() < send_until:
                 if remaining[0] > 0:
                     remaining[0] -= 1
                     try:
-                        await self._one(session, phase, time.monotonic(), steps)
+                        await self._one(client, phase, time.monotonic(), steps)
                     finally:
                         unanswered[0] -= 1
                 elif cooldown is not None and unanswered[0] > 0:
                     if not cooldown.start_t:
-                        cooldown.start_t = self._wall(time.monotonic())
-                    await self._one(session, cooldown, time.monotonic(), steps)
+                        cooldown.start_t = self.clock.wall()
+                    await self._one(client, cooldown, time.monotonic(), steps)
                 else:
                     return
 
-        tasks = [asyncio.create_task(client()) for _ in range(min(concurrency, max(requests, 1)))]
-        await self._finish(phase, tasks, send_until + self.spec.drain_s)
+        tasks = [asyncio.create_task(one_client()) for _ in range(min(concurrency, max(requests, 1)))]
+        await _cancel_after(tasks, send_until + self.spec.drain_s, name)
+        phase.end_t = self.clock.wall()
         if cooldown is not None:
             cooldown.end_t = phase.end_t
         return phase
 
     def arrival_offsets(self, rate: float, requests: int) -> list[float]:
-        """Poisson process: exponential gaps with mean 1/rate, seeded, cut at the request count and duration."""
-        rng = random.Random(self.spec.arrival_seed)
-        offsets, t = [], 0.0
-        while len(offsets) < requests:
-            t += rng.expovariate(rate)
-            if t > self.spec.duration_s:
-                break
-            offsets.append(t)
-        return offsets
+        return list(poisson_offsets(rate, self.spec.duration_s, self.spec.arrival_seed, requests))
 
-    async def _open(self, session, rate: float, requests: int) -> Phase:
+    async def _open(self, client, rate: float, requests: int) -> Phase:
         start = time.monotonic()
-        phase = Phase("measure", self._wall(start))
+        phase = Phase("measure", self.clock.wall(start))
         tasks = []
         for offset in self.arrival_offsets(rate, requests):
             target = start + offset
-            delay = target - time.monotonic()
-            if delay > 0:
+            if (delay := target - time.monotonic()) > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(self._one(session, phase, target, None)))
-        return await self._finish(phase, tasks, start + self.spec.duration_s + self.spec.drain_s)
+            tasks.append(asyncio.create_task(self._one(client, phase, target, None)))
+        await _cancel_after(tasks, start + self.spec.duration_s + self.spec.drain_s, "measure")
+        phase.end_t = self.clock.wall()
+        return phase
 
 
 def run_load(base_url: str, workload: Workload, spec: LoadSpec, on_done=None, headers=None) -> dict[str, Phase]:
     return asyncio.run(LoadDriver(base_url, workload, spec, on_done, headers).run())
+
+
+# ---- reliability scenarios: one payload, time-bounded -------------------------------------------------------------
+def generate_request(payload: dict | None = None, headers: dict | None = None) -> Send:
+    """POST /generate with `payload` (default: one prompt, the service's default size and steps)."""
+    body = payload or {"prompt": DEFAULT_PROMPT}
+    return lambda client: client.post("/generate", json=body, headers=headers)
+
+
+async def request_at(
+    client: httpx.AsyncClient, send: Send, clock: Clock, due_s: float = 0.0, timeout_s: float = 120.0
+) -> RequestRecord:
+    """One request of a scenario, due `due_s` after `clock` started (latency counts from then)."""
+    rec = RequestRecord(0, "load", clock.wall(clock.mono0 + due_s), clock.wall(), due_s=due_s)
+    return await send_one(client, send, rec, clock, timeout_s)
+
+
+async def open_loop(
+    base_url: str,
+    rate_hz: float | Callable[[float], float],
+    duration_s: float,
+    send: Send | None = None,
+    seed: int = 0,
+    stop: asyncio.Event | None = None,
+    timeout_s: float = 120.0,
+) -> list[RequestRecord]:
+    """Poisson arrivals at `rate_hz` (a number, or a function of elapsed seconds) for `duration_s` or until `stop`;
+    waits for every answer (each request is bounded by `timeout_s`)."""
+    send = send or generate_request()
+    tasks: list[asyncio.Task] = []
+    async with make_client(base_url, timeout_s) as client:
+        clock = Clock()
+        for due in poisson_offsets(rate_hz, duration_s, seed):
+            if stop is not None and stop.is_set():
+                break
+            if (delay := clock.mono0 + due - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(request_at(client, send, clock, due, timeout_s)))
+        return list(await asyncio.gather(*tasks))
+
+
+async def closed_loop(
+    base_url: str, concurrency: int, duration_s: float, send: Send | None = None, timeout_s: float = 120.0
+) -> tuple[list[RequestRecord], float]:
+    """`concurrency` clients back to back for `duration_s`; returns the records and the measured wall time."""
+    send = send or generate_request()
+    out: list[RequestRecord] = []
+    async with make_client(base_url, timeout_s) as client:
+        clock = Clock()
+
+        async def worker() -> None:
+            while (now := time.monotonic() - clock.mono0) < duration_s:
+                out.append(await request_at(client, send, clock, now, timeout_s))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return out, time.monotonic() - clock.mono0
+
+
+async def measure_capacity(base_url: str, concurrency: int, duration_s: float = 6.0, send: Send | None = None) -> float:
+    """Completed images per second under a closed loop that keeps every batch full (after a short warm-up)."""
+    await closed_loop(base_url, concurrency, 1.5, send)
+    records, wall = await closed_loop(base_url, concurrency, duration_s, send)
+    ok = sum(r.kind == "ok" for r in records)
+    assert ok == len(records), f"capacity run had failures: {summarize(records)}"
+    return ok / wall
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def latency_stats(values: list[float]) -> dict:
+    return {"n": len(values), **{f"p{q}_s": pct(values, q) for q in (50, 90, 99)}, "max_s": max(values, default=None)}
+
+
+def summarize(records: list[RequestRecord]) -> dict:
+    """Counts by kind (checked to add up to `sent`), latency per kind, and the distinct status:code pairs seen."""
+    kinds = {k: [r for r in records if r.kind == k] for k in ("ok", "rejected", "error")}
+    summary = {"sent": len(records), **{k: len(v) for k, v in kinds.items()}}
+    assert summary["sent"] == summary["ok"] + summary["rejected"] + summary["error"], summary
+    return {
+        **summary,
+        "latency": {k: latency_stats([r.latency_s for r in v]) for k, v in kinds.items()},
+        "codes": sorted({f"{r.status}:{r.code or r.error}" for r in records if r.kind != "ok"}),
+        "client_send_lag_p99_s": pct([r.send_lag_s for r in records], 99),
+        "replicas": sorted({p for r in kinds["ok"] for p in (r.replica or "").split(",") if p}),
+    }
+
+
+def save_result(name: str, data: dict, records: list[RequestRecord] | None = None) -> None:
+    """Write a scenario's figures (and its raw per-request records) under $ZIMAGE_RESULTS_DIR when it is set."""
+    logger.info("%s: %s", name, json.dumps(data, default=str))
+    out_dir = os.environ.get(RESULTS_ENV)
+    if not out_dir:
+        return
+    path = Path(out_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "scenario": name,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0]},
+        **data,
+    }
+    if records is not None:
+        record["requests"] = [r.as_dict() for r in records]
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from ray import serve
 from schemathesis import GenerationMode
 
+from bench import loadgen as lg
 from deployments.app import make_app
-from tests import reliability_loadgen as lg
 from tests import serve_harness
 from tests.http_client import png_array
 
@@ -135,7 +135,7 @@ def test_schema_fuzzing_never_gets_a_5xx(http):
     @given(case=_schemathesis_cases(http))
     def run(case):
         # Sent with requests directly: schemathesis 4.32's own `case.call` trips over this urllib3 build.
-        resp = session.request(**case.as_transport_kwargs(base_url=lg.BASE_URL, headers=AUTH), timeout=120)
+        resp = session.request(**case.as_transport_kwargs(base_url=serve_harness.BASE_URL, headers=AUTH), timeout=120)
         seen[resp.status_code] = seen.get(resp.status_code, 0) + 1
         assert resp.status_code < 500, (case.method, case.path, case.body, resp.status_code, resp.text[:300])
         if resp.status_code >= 400:

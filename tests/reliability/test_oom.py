@@ -1,10 +1,12 @@
-"""An OOM inside a batch, seen from outside: every request succeeds, /info shows the lower cap, and the Prometheus
+"""Level: over real Serve and HTTP, from outside (tests/unit/test_oom_split.py tests the split logic in-process).
+
+An OOM inside a batch, seen from outside: every request succeeds, /info shows the lower cap, and the Prometheus
 counter `ray_zimage_oom_splits_total` on Ray's real metrics export endpoint counts the splits.
 
 Fake: a CPU cannot run out of CUDA memory, so `tests.fakes.WrappingFactory(oom_above=2)` raises
 `torch.OutOfMemoryError` from the real tiny pipeline's denoise call when it holds more than 2 images. Serve, the
 batching, the split/retry, HTTP and the metrics pipeline (replica -> Ray metrics agent -> /metrics) are real.
-(tests/test_oom_split.py covers the split logic itself; this test covers what an operator sees.)
+This test covers what an operator sees.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from tests import reliability_loadgen as lg
+from bench import loadgen as lg
 from tests import serve_harness
 from tests.fakes import WrappingFactory
 
@@ -53,12 +55,12 @@ def wait_metric(name: str, predicate, timeout_s: float = 40, agg=sum) -> float |
     return value
 
 
-async def _burst_then_steady() -> tuple[list[lg.Outcome], list[lg.Outcome]]:
+async def _burst_then_steady() -> tuple[list[lg.RequestRecord], list[lg.RequestRecord]]:
     """8 at once (one batch over the limit), then 5 s of open-loop load at the lowered cap."""
-    async with lg.client() as c:
-        send, t0 = lg.generate_request(), time.perf_counter()
-        burst = await asyncio.gather(*(lg._one(c, send, 0.0, t0) for _ in range(8)))
-    steady = await lg.open_loop(4.0, 5.0, seed=11)
+    async with lg.make_client(serve_harness.BASE_URL, 120) as c:
+        send, clock = lg.generate_request(), lg.Clock()
+        burst = await asyncio.gather(*(lg.request_at(c, send, clock) for _ in range(8)))
+    steady = await lg.open_loop(serve_harness.BASE_URL, 4.0, 5.0, seed=11)
     return list(burst), steady
 
 

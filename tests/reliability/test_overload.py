@@ -1,4 +1,5 @@
-"""Overload: open-loop load at ~3x the measured capacity (real Serve, tiny model on CPU, real HTTP).
+"""Overload over real Serve (tiny model on CPU, real HTTP): open-loop load at ~3x the measured capacity, a proxy-bound
+burst, and a burst against a slow pipeline.
 
 What must hold: the service stays up (/healthz answers throughout), the excess is refused fast with 503 + Retry-After,
 every accepted request completes, and every request is accounted for (sent = ok + rejected + errors, errors = 0).
@@ -14,9 +15,10 @@ import time
 import httpx
 import pytest
 
-from tests import reliability_loadgen as lg
+from bench import loadgen as lg
 from tests import serve_harness
-from tests.http_client import post_concurrently
+from tests.fakes import WrappingFactory
+from tests.http_client import post, post_concurrently
 
 # Batches of 4, two batches' worth at the replica, two more queued at the ingress's handle.
 GEN = {"max_ongoing_requests": 8, "max_queued_requests": 8, "user_config": {"cpu_max_batch_size": 4}}
@@ -35,7 +37,7 @@ def service(serve_cluster):
 async def _watch_health(stop: asyncio.Event) -> list[tuple[int | None, float]]:
     """/healthz every 0.5 s while the load runs: (status, latency)."""
     seen = []
-    async with httpx.AsyncClient(base_url=lg.BASE_URL, timeout=10) as c:
+    async with httpx.AsyncClient(base_url=serve_harness.BASE_URL, timeout=10) as c:
         while not stop.is_set():
             t = time.perf_counter()
             try:
@@ -49,12 +51,14 @@ async def _watch_health(stop: asyncio.Event) -> list[tuple[int | None, float]]:
 
 async def _overload() -> dict:
     send = lg.generate_request(PAYLOAD)
-    capacity = await lg.measure_capacity(concurrency=GEN["max_ongoing_requests"], duration_s=6, send=send)
+    capacity = await lg.measure_capacity(
+        serve_harness.BASE_URL, concurrency=GEN["max_ongoing_requests"], duration_s=6, send=send
+    )
     rate = OVERLOAD_FACTOR * capacity
     stop = asyncio.Event()
     health = asyncio.create_task(_watch_health(stop))
     t0 = time.perf_counter()
-    outcomes = await lg.open_loop(rate, OVERLOAD_S, send, seed=7)
+    outcomes = await lg.open_loop(serve_harness.BASE_URL, rate, OVERLOAD_S, send, seed=7)
     wall = time.perf_counter() - t0
     stop.set()
     return {"capacity_rps": capacity, "offered_rps": rate, "wall_s": wall, "health": await health, "out": outcomes}
@@ -62,7 +66,7 @@ async def _overload() -> dict:
 
 def test_overload_sheds_excess_with_fast_503_and_loses_nothing(service):
     run = asyncio.run(_overload())
-    outcomes: list[lg.Outcome] = run.pop("out")
+    outcomes: list[lg.RequestRecord] = run.pop("out")
     health = run.pop("health")
     s = lg.summarize(outcomes)
     queue_bound = GEN["max_ongoing_requests"] + GEN["max_queued_requests"]
@@ -86,7 +90,7 @@ def test_overload_sheds_excess_with_fast_503_and_loses_nothing(service):
     assert s["ok"] > 0
     # The excess is refused fast, with Retry-After and a typed error.
     rejected = [o for o in outcomes if o.kind == "rejected"]
-    assert all(o.retry_after == "2" and o.error == "queue_full" for o in rejected), {o.error for o in rejected}
+    assert all(o.retry_after == "2" and o.code == "queue_full" for o in rejected), {o.code for o in rejected}
     assert s["latency"]["rejected"]["p99_s"] < 1.0
     # Bounded queues: the slowest accepted request and the drain fit (ongoing + queued) / capacity, with slack.
     bound_s = 2 * queue_bound / run["capacity_rps"] + 5
@@ -113,3 +117,44 @@ def test_the_proxy_is_bounded_too(service):
     lg.save_result("proxy_bound", {"statuses": {s: statuses.count(s) for s in set(statuses)}})
     assert set(statuses) == {200, 503} and len(rejected) >= 24 - 4 - 8, statuses
     assert all(r.headers.get("retry-after") == "2" for r in rejected), [dict(r.headers) for r in rejected[:1]]
+
+
+SLOW_S = 1.5
+RETRY_AFTER_S = 3
+
+
+def test_burst_on_a_slow_pipeline_gets_fast_503_with_retry_after_and_recovers(serve_cluster):
+    """With 2 ongoing + 2 queued and a slow pipeline, a burst gets 200s for what fits and fast, typed 503s with the
+    configured Retry-After for the rest; the service then recovers.
+
+    Fake: the GPU's slowness (`WrappingFactory(sleep_s=...)` sleeps in each denoise call of the real tiny pipeline);
+    Serve's queueing and back-pressure, the ingress and HTTP are real.
+    """
+    serve_cluster.deploy(
+        config=serve_cluster.tiny_config(retry_after_s=RETRY_AFTER_S),
+        pipeline_factory=WrappingFactory(sleep_s=SLOW_S),
+        generator_options={
+            "max_ongoing_requests": 2,
+            "max_queued_requests": 2,
+            "user_config": {"cpu_max_batch_size": 2, "batch_wait_timeout_s": 0.1},
+        },
+    )
+    burst = 12
+    start = time.monotonic()
+    bodies = [{"prompt": f"a cat {i}", "seed": i, "num_inference_steps": 1} for i in range(burst)]
+    responses = post_concurrently("/generate", bodies)
+    codes = [r.status_code for r in responses]
+    lg.save_result("slow_burst", {"statuses": {c: codes.count(c) for c in set(codes)}})
+    assert set(codes) <= {200, 503}, codes
+    ok, rejected = codes.count(200), [r for r in responses if r.status_code == 503]
+    assert ok >= 2, codes  # what fits in ongoing + queued is served
+    assert len(rejected) >= burst - 2 - 2 - 2, codes  # at most 2 ongoing + 2 queued (+ slack for a finished batch)
+    for r in rejected:
+        assert r.headers["Retry-After"] == str(RETRY_AFTER_S)
+        error = r.json()["error"]
+        assert error["type"] == "overloaded" and error["code"] == "queue_full" and "busy" in error["message"]
+        assert r.elapsed.total_seconds() < SLOW_S  # rejected at once, not after waiting in a queue
+    assert time.monotonic() - start < 10 * SLOW_S
+
+    response = post("/generate", {"prompt": "after the burst", "seed": 1})  # recovers once the burst drains
+    assert response.status_code == 200

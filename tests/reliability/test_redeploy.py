@@ -24,9 +24,9 @@ from ray.serve import Application
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
+from bench import loadgen as lg
 from deployments.app import make_app
 from deployments.config import AppConfig
-from tests import reliability_loadgen as lg
 from tests import serve_harness
 from tests.fakes import WrappingFactory
 
@@ -84,7 +84,7 @@ def service(serve_cluster):
 
 
 def _info() -> dict:
-    return httpx.get(f"{lg.BASE_URL}/info", timeout=30).json()
+    return httpx.get(f"{serve_harness.BASE_URL}/info", timeout=30).json()
 
 
 async def _after(delay_s: float, fn, *args, **kwargs):
@@ -99,14 +99,14 @@ def test_user_config_change_under_load_is_live_and_loses_nothing(service):
 
     async def scenario():
         return await asyncio.gather(
-            lg.open_loop(1.5, 10.0, seed=5),
+            lg.open_loop(serve_harness.BASE_URL, 1.5, 10.0, seed=5),
             _after(4.0, _apply, _config({"cpu_max_batch_size": 2})),
         )
 
     outcomes, update_s = asyncio.run(scenario())
     after = _info()["generator"]
     s = lg.summarize(outcomes)
-    late = [int(b) for o in outcomes if o.due_s > 4.0 + update_s + 2 and o.batch_size for b in o.batch_size.split(",")]
+    late = [o.batch_size for o in outcomes if o.due_s > 4.0 + update_s + 2 and o.batch_size]
     lg.save_result("redeploy_user_config", {"update_s": update_s, "summary": s, "late_batch_sizes": late}, outcomes)
 
     assert s["ok"] == s["sent"] > 0, s["codes"]
@@ -117,18 +117,16 @@ def test_user_config_change_under_load_is_live_and_loses_nothing(service):
 
 def test_code_redeploy_finishes_in_flight_requests_and_loses_nothing(service):
     before = _info()["generator"]["replica"]
-    burst_at = {}
 
     async def burst():
-        async with lg.client() as c:
-            send, t0 = lg.generate_request(), time.perf_counter()
-            burst_at["t0"] = t0
-            return await asyncio.gather(*(lg._one(c, send, 0.0, t0) for _ in range(8)))
+        async with lg.make_client(serve_harness.BASE_URL, 120) as c:
+            send, clock = lg.generate_request(), lg.Clock()
+            return await asyncio.gather(*(lg.request_at(c, send, clock) for _ in range(8)))
 
     async def scenario():
         return await asyncio.gather(
             burst(),
-            lg.open_loop(1.5, 20.0, seed=9),
+            lg.open_loop(serve_harness.BASE_URL, 1.5, 20.0, seed=9),
             # Changing an app arg changes the app's code version: both deployments are replaced, rolling.
             _after(0.5, _apply, _config({"cpu_max_batch_size": 2}, model_name="z-image-turbo-v2")),
         )
@@ -150,9 +148,9 @@ def test_code_redeploy_finishes_in_flight_requests_and_loses_nothing(service):
 
 def test_delete_drains_in_flight_requests(service):
     async def scenario():
-        async with lg.client() as c:
-            send, t0 = lg.generate_request(), time.perf_counter()
-            tasks = [asyncio.create_task(lg._one(c, send, 0.0, t0)) for _ in range(6)]
+        async with lg.make_client(serve_harness.BASE_URL, 120) as c:
+            send, clock = lg.generate_request(), lg.Clock()
+            tasks = [asyncio.create_task(lg.request_at(c, send, clock)) for _ in range(6)]
             delete_s = await _after(0.5, serve.delete, "zimage")
             return await asyncio.gather(*tasks), delete_s
 

@@ -22,7 +22,8 @@ import pytest
 import ray
 from ray import serve
 
-from tests import reliability_loadgen as lg
+from bench import loadgen as lg
+from tests import serve_harness
 from tests.fakes import WrappingFactory
 
 GEN = {
@@ -51,7 +52,7 @@ def _replica_pids(timeout_s: float = 30) -> dict[str, int]:
     found: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     while len(found) < GEN["num_replicas"] and time.monotonic() < deadline:
-        gen = httpx.get(f"{lg.BASE_URL}/info", timeout=10).json()["generator"]
+        gen = httpx.get(f"{serve_harness.BASE_URL}/info", timeout=10).json()["generator"]
         found[gen["replica"]] = gen["pid"]
     assert len(found) == GEN["num_replicas"], found
     return found
@@ -86,10 +87,11 @@ async def _kill_and_watch(victim_pid: int, t0: float, stop: asyncio.Event) -> di
     }
 
 
-async def _scenario(victim_pid: int) -> tuple[list[lg.Outcome], dict]:
+async def _scenario(victim_pid: int) -> tuple[list[lg.RequestRecord], dict]:
     t0, stop = time.perf_counter(), asyncio.Event()
     return await asyncio.gather(
-        lg.open_loop(RATE_HZ, MAX_LOAD_S, seed=3, stop=stop), _kill_and_watch(victim_pid, t0, stop)
+        lg.open_loop(serve_harness.BASE_URL, RATE_HZ, MAX_LOAD_S, seed=3, stop=stop),
+        _kill_and_watch(victim_pid, t0, stop),
     )
 
 

@@ -19,7 +19,8 @@ import psutil
 import pytest
 import ray
 
-from tests import reliability_loadgen as lg
+from bench import loadgen as lg
+from tests import serve_harness
 
 SOAK_S = float(os.environ.get("ZIMAGE_SOAK_S", "600"))
 LOAD_FACTOR = 0.8
@@ -40,7 +41,7 @@ def service(serve_cluster):
 
 def _processes() -> dict[str, psutil.Process]:
     """Generator and Ingress replicas (pids from /info) and this cluster's Serve proxy (a child of our raylet)."""
-    info = httpx.get(f"{lg.BASE_URL}/info", timeout=10).json()
+    info = httpx.get(f"{serve_harness.BASE_URL}/info", timeout=10).json()
     procs = {"generator": psutil.Process(info["generator"]["pid"]), "ingress": psutil.Process(info["ingress"]["pid"])}
     raylet_pid = ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid
     for child in psutil.Process(raylet_pid).children(recursive=True):
@@ -74,18 +75,18 @@ async def _sample_rss(procs: dict[str, psutil.Process], t0: float, stop: asyncio
 
 
 async def _soak() -> dict:
-    capacity = await lg.measure_capacity(concurrency=16, duration_s=10)
+    capacity = await lg.measure_capacity(serve_harness.BASE_URL, concurrency=16, duration_s=10)
     procs = await asyncio.to_thread(_processes)
     stop, t0 = asyncio.Event(), time.perf_counter()
     sampler = asyncio.create_task(_sample_rss(procs, t0, stop))
-    outcomes = await lg.open_loop(LOAD_FACTOR * capacity, SOAK_S, seed=1)
+    outcomes = await lg.open_loop(serve_harness.BASE_URL, LOAD_FACTOR * capacity, SOAK_S, seed=1)
     stop.set()
     return {"capacity_rps": capacity, "offered_rps": LOAD_FACTOR * capacity, "rss": await sampler, "out": outcomes}
 
 
 def test_soak_at_80_percent_of_capacity(service):
     run = asyncio.run(_soak())
-    outcomes: list[lg.Outcome] = run.pop("out")
+    outcomes: list[lg.RequestRecord] = run.pop("out")
     rss = run["rss"]
     s = lg.summarize(outcomes)
     first = lg.latency_stats([o.latency_s for o in outcomes if o.due_s < 60])

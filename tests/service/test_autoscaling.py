@@ -15,7 +15,7 @@ import time
 import pytest
 from ray import serve
 
-from tests import reliability_loadgen as lg
+from bench import loadgen as lg
 from tests import serve_harness
 from tests.fakes import WrappingFactory
 
@@ -88,10 +88,12 @@ class Script:
         stop.set()
 
 
-async def _scenario() -> tuple[list[lg.Outcome], Script]:
+async def _scenario() -> tuple[list[lg.RequestRecord], Script]:
     script, stop = Script(), asyncio.Event()
     outcomes, _, _ = await asyncio.gather(
-        lg.open_loop(lambda _t: script.rate, 3 * MAX_PHASE_S, seed=21, stop=stop), script.run(stop), script.sample(stop)
+        lg.open_loop(serve_harness.BASE_URL, lambda _t: script.rate, 3 * MAX_PHASE_S, seed=21, stop=stop),
+        script.run(stop),
+        script.sample(stop),
     )
     return outcomes, script
 

@@ -1,6 +1,6 @@
 """Load driver properties that need a server whose slowness and failures we control.
 
-FAKE: a tiny local aiohttp server that sleeps or fails on purpose (the real service cannot be made to hold a request
+FAKE: a tiny local stdlib HTTP server that sleeps or fails on purpose (the real service cannot be made to hold a request
 for exactly 1 s, or to fail every fourth one). The properties: open-loop sends keep their Poisson schedule while the
 server is slow (latency is measured from the scheduled time), the duration bound holds with requests still in
 flight, and sent = ok + rejected + errors with every kind of outcome present.
@@ -8,12 +8,12 @@ flight, and sent = ok + rejected + errors with every kind of outcome present.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from aiohttp import web
 
 from bench.loadgen import LoadSpec, run_load
 from bench.stats import request_stats
@@ -26,51 +26,51 @@ class FakeServer:
     def __init__(self, delay_s: float = 0.0, by_seed: bool = False):
         self.delay_s, self.by_seed = delay_s, by_seed
         self.arrivals: list[float] = []
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop = threading.Event()
+        fake = self
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.arrivals.append(time.time())
-        body = await request.json()
-        kind = body["seed"] % 4 if self.by_seed else 0
-        if kind == 1:
-            return web.json_response({"error": {"code": "queue_full"}}, status=503, headers={"Retry-After": "1"})
-        if kind == 2:
-            return web.json_response({"error": {"code": "internal"}}, status=500)
-        await asyncio.sleep(30 if kind == 3 else self.delay_s)
-        headers = {"X-Batch-Size": "3", "X-Inference-Ms": "812.5", "X-Queue-Wait-Ms": "4.0", "X-Peak-Memory-MB": "0"}
-        return web.Response(body=b"\x89PNG fake", content_type="image/png", headers=headers)
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/generate", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        self._started.set()
-        self._loop.run_forever()
+            def _send(self, status: int, body: bytes, headers: dict) -> None:
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                fake.arrivals.append(time.time())
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                kind = body["seed"] % 4 if fake.by_seed else 0
+                try:
+                    if kind == 1:
+                        err = json.dumps({"error": {"code": "queue_full"}}).encode()
+                        return self._send(503, err, {"Content-Type": "application/json", "Retry-After": "1"})
+                    if kind == 2:
+                        return self._send(500, json.dumps({"error": {"code": "internal"}}).encode(), {})
+                    fake._stop.wait(30 if kind == 3 else fake.delay_s)
+                    headers = {"Content-Type": "image/png", "X-Batch-Size": "3", "X-Inference-Ms": "812.5"}
+                    self._send(200, b"\x89PNG fake", {**headers, "X-Queue-Wait-Ms": "4.0", "X-Peak-Memory-MB": "0"})
+                except OSError:  # the client gave up (timeout, cancellation): nothing to answer
+                    pass
+
+        ThreadingHTTPServer.request_queue_size = 128
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeServer:
         self._thread.start()
-        assert self._started.wait(10)
         return self
 
-    async def _shutdown(self) -> None:
-        await self._runner.cleanup()
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
-
     def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
         self._thread.join(5)
-        self._loop.close()
 
 
 WORKLOAD = Workload(width=256, height=256, steps=8)
@@ -131,7 +131,12 @@ def test_counts_reconcile_with_every_outcome():
     assert {r["outcome"] for r in recs} == {"ok", "rejected", "error", "timeout"}
     ok = [r for r in recs if r["outcome"] == "ok"]
     assert all(r["batch_size"] == 3 and r["inference_ms"] == 812.5 and r["status"] == 200 for r in ok)
-    assert all(r["status"] == 503 for r in recs if r["outcome"] == "rejected")
+    rejected = [r for r in recs if r["outcome"] == "rejected"]
+    assert all(r["status"] == 503 and r["code"] == "queue_full" and r["retry_after"] == "1" for r in rejected)
+    from bench.loadgen import summarize
+
+    summary = summarize(phases["measure"].records)  # the reliability tests' view of the same records
+    assert (summary["sent"], summary["ok"], summary["rejected"], summary["error"]) == (20, 5, 5, 10)
 
 
 def _in_flight_at(records, t: float) -> int:
