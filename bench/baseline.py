@@ -19,7 +19,7 @@ from bench.stats import request_stats
 from bench.sweep import log_row
 from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED
 from deployments.config import ModelSource
-from deployments.generator import resolve_device, resolve_dtype
+from deployments.pipeline.devices import resolve_device, resolve_dtype
 from deployments.pipeline.loading import load_pipeline
 from deployments.pipeline.random_model import build_random_pipeline
 

@@ -12,6 +12,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from deployments.config import RandomArch
+from deployments.pipeline.random_model import transformer_config
+
 SEQ_MULTI_OF = 32  # diffusers transformer_z_image.SEQ_MULTI_OF
 ADALN_EMBED_DIM = 256  # diffusers transformer_z_image.ADALN_EMBED_DIM
 T_EMBED_FREQ, T_EMBED_MID = 256, 1024  # TimestepEmbedder(frequency_embedding_size=256, mid_size=1024)
@@ -26,14 +29,16 @@ def _pad(n: int) -> int:
 
 @dataclass(frozen=True)
 class DitArch:
-    dim: int = 3840
-    n_layers: int = 30
-    n_refiner_layers: int = 2
-    n_heads: int = 30
-    n_kv_heads: int = 30
-    cap_feat_dim: int = 2560
-    in_channels: int = 16
-    patch_size: int = 2
+    """The transformer dimensions FLOPs depend on; built from a config (`from_config`), never restated here."""
+
+    dim: int
+    n_layers: int
+    n_refiner_layers: int
+    n_heads: int
+    n_kv_heads: int
+    cap_feat_dim: int
+    in_channels: int
+    patch_size: int = 2  # diffusers' default `all_patch_size=(2,)`
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> DitArch:
@@ -77,15 +82,12 @@ class DitArch:
         return self.linear_flops(width, height, caption_tokens) + self.attention_flops(width, height, caption_tokens)
 
 
-FULL_ARCH = DitArch()  # Z-Image-Turbo's released transformer config (6.15B parameters)
+FULL_ARCH = DitArch.from_config(transformer_config(RandomArch.FULL))  # the released architecture (6.15B parameters)
 
 
 def arch_for_source(model_source: str) -> DitArch:
     """The architecture behind an `X-Model-Source` label: tiny for `random:tiny`, the released one otherwise."""
     if model_source == "random:tiny":
-        from deployments.config import RandomArch
-        from deployments.pipeline.random_model import transformer_config
-
         return DitArch.from_config(transformer_config(RandomArch.TINY))
     return FULL_ARCH
 
