@@ -11,11 +11,11 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from deployments import fp8
-from deployments.pipeline.compilation import compile_dit
 from deployments.config import AppConfig, MemoryMode, RandomArch
-from deployments.pipeline.fp8 import Float8RowwiseLinear, fp8_supported, quantize_dit_fp8, quantize_rows
 from deployments.generator import ZImageGenerator
+from deployments.pipeline import fp8
+from deployments.pipeline.compilation import compile_dit
+from deployments.pipeline.fp8 import Float8RowwiseLinear, fp8_supported, quantize_dit_fp8, quantize_rows
 from deployments.pipeline.random_model import build_random_pipeline
 from deployments.pipeline.runner import Shape, ZImageRunner
 from tests.serve_harness import tiny_config
@@ -100,17 +100,17 @@ def test_generator_quantizes_before_serving_and_reports_it(monkeypatch):
     gen = ZImageGenerator(tiny_config(compile=True, fp8_dit=True).model_dump(mode="json"))
     gen.reconfigure({})
     info = gen.info()["fp8_dit"]
-    layers = sum(isinstance(m, Float8RowwiseLinear) for m in gen.runner.pipe.transformer.modules())
+    layers = sum(isinstance(m, Float8RowwiseLinear) for m in gen.engine.runner.pipe.transformer.modules())
     assert info == {"enabled": True, "fp8_linear_layers": layers} and layers > 0
-    out = gen.runner.run(["a cat"], [0], Shape(128, 128, 2))
+    out = gen.engine.runner.run(["a cat"], [0], Shape(128, 128, 2))
     assert out.images[0].shape == (128, 128, 3)
 
 
 def test_generator_refuses_fp8_on_a_gpu_without_fp8_tensor_cores(monkeypatch):
     monkeypatch.setattr(fp8.torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     gen = ZImageGenerator(tiny_config(compile=True, fp8_dit=True).model_dump(mode="json"))
-    gen.device = "cuda"  # what the replica would resolve on an A100
+    gen.engine.device = "cuda"  # what the replica would resolve on an A100
     pipe = build_random_pipeline(RandomArch.TINY, "cpu", torch.float32)
     with pytest.raises(RuntimeError, match=r"fp8_dit needs FP8 tensor cores .*\(8, 0\)"):
-        gen._quantize_fp8(pipe, MemoryMode.GPU)
-    assert gen._quantize_fp8(pipe, MemoryMode.GROUP_OFFLOAD) == 0  # streamed DiT is not compiled: FP8 skipped
+        gen.engine._quantize_fp8(pipe, MemoryMode.GPU)
+    assert gen.engine._quantize_fp8(pipe, MemoryMode.GROUP_OFFLOAD) == 0  # streamed DiT is not compiled: FP8 skipped

@@ -21,7 +21,7 @@ import pytest
 from monitoring import dashboard, dashboard_queries, render_panels, upload
 
 REPO = Path(__file__).resolve().parents[2]
-METRICS_PY = REPO / "deployments" / "metrics.py"
+METRICS_PY = REPO / "deployments" / "observability" / "metrics.py"
 SNAPSHOT = REPO / "monitoring" / "snapshots" / "tiny-cpu.json"
 
 
@@ -64,7 +64,8 @@ def test_every_selector_follows_ray_label_conventions():
 
 
 def test_app_metric_names_are_declared_in_deployments_metrics():
-    """GPU series cannot be scraped on CPU, so check their names statically against deployments/observability/metrics.py."""
+    """GPU series cannot be scraped on CPU, so check their names statically against the declarations
+    (deployments/observability/metrics.py)."""
     declared = set(re.findall(r'"(zimage_[a-z_]+)"', METRICS_PY.read_text()))
     exprs = [t["expr"] for d in _committed().values() for _, t in _targets(d)]
     used = {m for e in exprs for m in re.findall(r"ray_(zimage_\w+)", e)}

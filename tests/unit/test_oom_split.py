@@ -24,15 +24,16 @@ def _spec(seed: int) -> GenerationSpec:
 
 
 def test_generator_splits_and_isolates_a_request_that_fails_alone():
-    """In-process (no Serve): the split/retry and cap logic of `ZImageGenerator._run_group` on a real tiny pipeline."""
+    """In-process (no Serve): the split/retry and cap logic of the generator's `GroupExecutor.run_group` on a real
+    tiny pipeline."""
     gen = ZImageGenerator(tiny_config().model_dump(mode="json"), WrappingFactory(oom_above=2, oom_seeds=(POISON,)))
     gen.reconfigure({"cpu_max_batch_size": 8})
-    results = gen._run_group([_spec(s) for s in (1, 2, 3, 4, 5, 6)])
+    results = gen.executor.run_group([_spec(s) for s in (1, 2, 3, 4, 5, 6)])
     assert all(r.error is None and r.image.shape == (256, 256, 3) for r in results)
     assert max(r.batch_size for r in results) == 2
     assert (gen.state.oom_cap, gen.state.effective_max_batch) == (2, 2)
 
-    results = gen._run_group([_spec(7), _spec(POISON)])
+    results = gen.executor.run_group([_spec(7), _spec(POISON)])
     assert results[0].error is None and results[0].image is not None  # its neighbour is not dragged down
     assert results[1].error_kind == "oom" and "out of memory" in results[1].error
     assert gen.state.effective_max_batch == 2  # a request that fails alone says nothing about the batch size

@@ -2,9 +2,9 @@
 encoder never runs over the pipeline's 512-token padding or its last layer, and the embeddings are the ones the
 pipeline's own padded pass produces (right padding + causal attention).
 
-The CUDA-graph replay of the same forward (deployments/pipeline/text_encoder.py) needs a GPU: CI has none, so it is measured
-and checked against the pipeline's pass on the H100 (`python -m perf.levers --levers runner te_graphs`) and by the
-Generator's start-up check on every GPU replica."""
+The CUDA-graph replay of the same forward (deployments/pipeline/text_encoder.py) needs a GPU: CI has none, so it is
+measured and checked against the pipeline's pass on the H100 (`python -m perf.levers --levers runner te_graphs`) and by
+the Generator's start-up check on every GPU replica (deployments/pipeline/text_encoder_check.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from deployments.config import RandomArch
-from deployments.generator import ENCODER_TOLERANCE, ZImageGenerator
-from deployments.pipeline.text_encoder import PromptEncoder
+from deployments.generator import ZImageGenerator
 from deployments.pipeline.random_model import build_random_pipeline
 from deployments.pipeline.runner import ZImageRunner
+from deployments.pipeline.text_encoder import PromptEncoder
+from deployments.pipeline.text_encoder_check import TOLERANCE
 from tests.serve_harness import tiny_config
 
 PROMPTS = ["a red sports car on a mountain road at sunset", "a cat", "oil painting of an old house by the sea"]
@@ -111,10 +112,10 @@ def test_a_generator_whose_shortcut_deviates_falls_back_to_the_pipelines_pass(mo
     gen.reconfigure({})
     info = gen.info()["text_encoder"]
     assert info["shortcut"] is False and info["cuda_graphs"] is False
-    assert info["deviation_from_pipeline"] > 0.3 > ENCODER_TOLERANCE  # the README's figure for a wrong layer
-    pipe = gen.runner.pipe
-    (ours,) = gen.runner.encode([PROMPTS[0]])
-    real = len(gen.runner.prompt_encoder.token_ids(PROMPTS[0]))
+    assert info["deviation_from_pipeline"] > 0.3 > TOLERANCE  # the README's figure for a wrong layer
+    pipe = gen.engine.runner.pipe
+    (ours,) = gen.engine.runner.encode([PROMPTS[0]])
+    real = len(gen.engine.runner.prompt_encoder.token_ids(PROMPTS[0]))
     (theirs,), _ = pipe.encode_prompt(
         PROMPTS[0], device="cpu", do_classifier_free_guidance=False, max_sequence_length=real
     )

@@ -203,24 +203,26 @@ def test_is_oom_recognises_torch_and_runtime_messages():
 # ---- the Generator's decision, with simulated NVML and a stubbed model load ----------------------------------------
 @pytest.fixture
 def generator(monkeypatch):
-    """A real ZImageGenerator outside Serve; `_load` (model build + measurement) is stubbed, the decision is real."""
+    """A real ZImageGenerator outside Serve; `engine.load` (model build + measurement) is stubbed, the decision is
+    real."""
     gen = ZImageGenerator(tiny_config().model_dump(mode="json"))
     gen.loads = []
+    engine = gen.engine
 
     def fake_load(mode, max_batch):
         gen.loads.append(mode)
-        gen.runner = object()
-        gen.state.memory_mode = mode
-        gen.state.memory_cap = gen.simulated_memory_cap
+        engine.runner, engine.mode = object(), mode
+        engine.memory_clamp, engine.memory_cap = {}, gen.simulated_memory_cap
 
     gen.simulated_memory_cap = None
-    monkeypatch.setattr(gen, "_load", fake_load)
+    monkeypatch.setattr(engine, "load", fake_load)
     return gen
 
 
 def _attach_gpu(gen, total_mib: int) -> None:
-    gen.gpu = GpuInfo(name="sim", total_bytes=total_mib * MiB, uuid="GPU-sim")
-    gen.state.vram_gb = gen.gpu.total_gb
+    gen.engine.gpu = GpuInfo(name="sim", total_bytes=total_mib * MiB, uuid="GPU-sim")
+    gen.engine.device = "cuda"  # what a GPU replica resolves
+    gen.state.vram_gb = gen.engine.gpu.total_gb
 
 
 @pytest.mark.parametrize("card,total_mib,batch,mode", CARDS, ids=[c[0] for c in CARDS])
@@ -253,3 +255,5 @@ def test_generator_caps_overrides_and_keeps_the_model(generator):
 def test_generator_on_cpu_uses_cpu_max_batch_size(generator):
     generator.reconfigure({"cpu_max_batch_size": 6})
     assert generator.state.tier is None and generator.state.effective_max_batch == 6
+    assert generator.state.memory_mode is None  # memory modes place weights on a GPU: none to report on a CPU
+    assert generator.info()["batching"]["memory_mode"] is None and generator.info()["compile"] is False
