@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from deployments.pipeline.compilation import compile_dit
 from deployments.config import MemoryMode, RandomArch
+from deployments.pipeline.compilation import compile_dit
 from deployments.pipeline.fp8 import quantize_dit_fp8
 from deployments.pipeline.random_model import build_random_pipeline
 from deployments.pipeline.runner import Shape, ZImageRunner

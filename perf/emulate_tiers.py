@@ -57,7 +57,7 @@ def run_card(gb: float) -> dict:
             "model": "random:full",
             "device": "cuda",
             "dtype": "bfloat16",
-            "emulate_vram_gb": gb,
+            "testing": {"emulate_vram_gb": gb},
             "limits": {"max_side": 1024},
         }
     )
