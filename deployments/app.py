@@ -10,7 +10,6 @@ from deployments.generator import ZImageGenerator
 from deployments.ingress import Ingress
 from deployments.pipeline.loading import PipelineFactory
 
-
 # Deployment options, defined once. serve_config.yaml (and k8s overlays) state only what they change on top of these.
 GENERATOR_DEFAULTS: dict = dict(
     name="Generator",
