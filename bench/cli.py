@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench import environment
-from bench.results import RunFile, load_run
+from bench.results import RunFile, load_run, run_name
 from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED
 
 logger = logging.getLogger("bench")
@@ -332,7 +332,7 @@ def cmd_report(args) -> int:
         return 2
     for path in args.runs:
         run = load_run(path)
-        write_run_report(run, args.out, path.stem)
+        write_run_report(run, args.out, run_name(path))
         print_summary(run)
     if args.serve and args.baseline:
         paths = write_comparison(load_run(args.serve), load_run(args.baseline), args.out)

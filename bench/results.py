@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -81,8 +82,24 @@ class RunFile:
         os.replace(tmp, self.path)
 
 
+def read_json(path: str | Path):
+    """JSON from `path`, gzip-compressed or not (committed results are stored as .json.gz)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return json.loads(gzip.decompress(path.read_bytes()))
+    return json.loads(path.read_text())
+
+
+def run_name(path: str | Path) -> str:
+    """`serve_sweep` for serve_sweep.json and serve_sweep.json.gz alike."""
+    name = Path(path).name
+    for suffix in (".gz", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def load_run(path: str | Path) -> dict:
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     if data.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a {SCHEMA} result (schema={data.get('schema')!r})")
     return data

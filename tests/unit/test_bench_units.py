@@ -225,3 +225,18 @@ def test_sweep_user_config_parses_yaml_scalars_and_refuses_the_per_row_key(capsy
         with pytest.raises(SystemExit):  # argparse: usage error naming the option, not a traceback
             parse("--user-config", bad)
         assert "--user-config" in capsys.readouterr().err
+
+
+def test_committed_results_are_read_compressed_or_not(tmp_path):
+    """bench/results/ stores raw JSON gzip-compressed; the readers take .json and .json.gz alike."""
+    import gzip
+    import json
+
+    from bench.results import SCHEMA, load_run, read_json, run_name
+
+    data = {"schema": SCHEMA, "kind": "serve_sweep", "rows": []}
+    plain, packed = tmp_path / "serve_sweep.json", tmp_path / "serve_sweep.json.gz"
+    plain.write_text(json.dumps(data))
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_run(plain) == load_run(packed) == read_json(packed) == data
+    assert run_name(plain) == run_name(packed) == "serve_sweep"
