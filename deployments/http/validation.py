@@ -24,7 +24,8 @@ def _check_prompt(prompt: str, cfg: AppConfig) -> str:
     try:  # JSON may carry lone surrogates ("\ud800"): not text, and the tokenizer raises on them (a 500 otherwise)
         prompt.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidRequest("prompt", f"prompt is not valid Unicode text (character {exc.start})") from None
+        message = f"prompt is not valid Unicode text (character {exc.start})"
+        raise InvalidRequest("prompt", message, limit="valid Unicode text") from None
     if len(prompt) > cfg.limits.max_prompt_chars:
         raise InvalidRequest(
             "prompt",
