@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-s", type=float, default=120.0, help="then wait this long for answers in flight")
     p.add_argument("--warmup-requests", type=int, default=0)
     p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--size", default="1024", help="1024 or WxH")
+    p.add_argument("--size", default=None, help="1024 or WxH; default: the service's default size (its /info)")
     p.add_argument("--arrival-seed", type=int, default=0)
     p.add_argument(
         "--cooldown", action="store_true", help="closed loop: keep sending (unmeasured) until the measured requests end"
@@ -261,6 +261,16 @@ def cmd_baseline(args) -> int:
     return _report_one(run.data, args.out) or int(failed)
 
 
+def _run_size(size: str | None, info: dict) -> tuple[int, int]:
+    """`--size`, else the service's default size from /info, else 1024x1024."""
+    if size:
+        return parse_size(size)
+    defaults = info.get("defaults") or {}
+    if defaults.get("width") and defaults.get("height"):
+        return int(defaults["width"]), int(defaults["height"])
+    return 1024, 1024
+
+
 def cmd_run(args) -> int:
     import httpx
 
@@ -270,7 +280,12 @@ def cmd_run(args) -> int:
     from bench.sweep import log_failures
     from bench.workload import Workload
 
-    w, h = parse_size(args.size)
+    try:
+        info = httpx.get(args.url.rstrip("/") + "/info", headers=_auth(args), timeout=30).json()
+    except Exception as exc:
+        logger.warning("could not read %s/info: %s", args.url, exc)
+        info = {}
+    w, h = _run_size(args.size, info)
     workload = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint, args.output_format)
     spec = LoadSpec(
         mode=args.mode,
@@ -285,11 +300,6 @@ def cmd_run(args) -> int:
         arrival_seed=args.arrival_seed,
         cooldown=args.cooldown,
     )
-    try:
-        info = httpx.get(args.url.rstrip("/") + "/info", headers=_auth(args), timeout=30).json()
-    except Exception as exc:
-        logger.warning("could not read %s/info: %s", args.url, exc)
-        info = {}
     load = f"{args.mode} loop, " + (
         f"{args.concurrency} clients" if args.mode == "closed" else f"Poisson {args.rate}/s (latency from schedule)"
     )

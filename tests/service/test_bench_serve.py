@@ -92,10 +92,11 @@ def test_counts_reconcile_when_the_queue_rejects(service):
 
 def test_cli_open_loop_run(service, tmp_path):
     argv = ["run", "--url", service.url, "--mode", "open", "--rate", "4", "--requests", "6", "--warmup-requests", "1"]
-    assert main([*argv, "--size", "256", "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--out", str(tmp_path)]) == 0  # no --size: the service's default size (from /info)
     data = json.loads((tmp_path / "load.json").read_text())
     s = data["rows"][0]["summary"]
     assert s["ok"] == s["sent"] == 6 and s["offered_rate_rps"] > 0
+    assert (s["width"], s["height"]) == (256, 256)
     assert (tmp_path / "load.md").exists() and (tmp_path / "load_latency_cdf.png").exists()
 
 
