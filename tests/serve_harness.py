@@ -1,11 +1,13 @@
 """Start real Ray Serve on CPU with the tiny random model (or an injected pipeline) for tests over real HTTP.
 
-Ports come from ZIMAGE_TEST_HTTP_PORT (default 18000) so parallel runs on one machine do not collide.
+The HTTP port is ZIMAGE_TEST_HTTP_PORT, or else a free port picked once per test process: two test runs on one
+machine (two checkouts, two helpers) must never send requests to each other's service.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -17,7 +19,15 @@ from deployments.app import make_app
 from deployments.config import AppConfig
 
 REPO = Path(__file__).resolve().parents[1]
-HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT", "18000"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT") or _free_port())
 BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
 # MKL strict reproducibility: GEMM rows do not depend on the batch size, so batched == alone bit for bit on CPU.
 WORKER_ENV = {"MKL_CBWR": "AVX2,STRICT", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

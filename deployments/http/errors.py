@@ -66,6 +66,23 @@ def error_response(
     return JSONResponse(error_body(type_, message, param, code, limit), status_code=status, headers=headers)
 
 
+# pydantic type errors carry no ctx: the limit is the JSON type the field takes
+_EXPECTED_TYPE = {
+    "int_parsing": "integer",
+    "int_type": "integer",
+    "int_from_float": "integer",
+    "float_parsing": "number",
+    "float_type": "number",
+    "bool_parsing": "boolean",
+    "bool_type": "boolean",
+    "string_type": "string",
+    "string_unicode": "string",
+    "model_attributes_type": "a JSON object",
+    "model_type": "a JSON object",
+    "dict_type": "a JSON object",
+}
+
+
 def _param_of(loc: tuple, error_type: str | None) -> str:
     """Dotted field path; `body` for errors about the body as a whole (not JSON, not an object, empty)."""
     parts = [str(p) for p in loc if p != "body"]
@@ -94,7 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
         param = _param_of(tuple(first.get("loc", ())), first.get("type"))
         ctx = {k: v for k, v in (first.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
         message = f"{param}: {first['msg']}"
-        limit = ctx or None
+        limit = ctx or _EXPECTED_TYPE.get(first.get("type"))
         if first.get("type") == "json_invalid":  # the decoder's reason is part of the message
             message, limit = f"body: {first['msg']} ({ctx.get('error', 'malformed')})", "a JSON object"
         elif first.get("type") == "extra_forbidden":  # the limit is the set of fields the route knows
