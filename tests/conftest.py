@@ -1,6 +1,19 @@
+from pathlib import Path
+
 import pytest
 
 from tests import serve_harness
+
+TESTS = Path(__file__).resolve().parent
+GROUPS = ("unit", "service", "reliability")  # tests/<group>/: marked by directory (`pytest -m unit`)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(item.path).resolve()
+        parts = path.relative_to(TESTS).parts if path.is_relative_to(TESTS) else ()
+        if len(parts) > 1 and parts[0] in GROUPS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="module")
