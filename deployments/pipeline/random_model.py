@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 from deployments.config import RandomArch
@@ -38,11 +38,19 @@ TINY_VOCAB = 512
 
 
 def build_stand_in_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer with Qwen's special tokens and chat template (~25 tokens for the article's prompt)."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(set(_WORDS)))}
-    assert len(vocab) <= vocab_size
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    """Qwen's special tokens and chat template over a small vocabulary that still covers any text: known words keep
+    their own ids (~25 tokens for the article's prompt); anything else (other words, Chinese, emoji) falls back to its
+    UTF-8 bytes, one id per byte. Different prompts therefore give different token ids in any language, as with the
+    real tokenizer (a word-level vocabulary mapped every unknown word, e.g. a whole Chinese prompt, to one [UNK])."""
+    pieces = SPECIAL_TOKENS + sorted(set(_WORDS))
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    assert len(pieces) + len(byte_tokens) <= vocab_size, (len(pieces) + len(byte_tokens), vocab_size)
+    # Unigram picks whole words where it can (score -1 per piece); byte_fallback spells the rest byte by byte
+    vocab = [(t, 0.0) for t in SPECIAL_TOKENS] + [(w, -1.0) for w in pieces[len(SPECIAL_TOKENS) :]]
+    vocab += [(b, -10.0) for b in byte_tokens]
+    core = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index("[UNK]"), byte_fallback=True))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    core.decoder = decoders.ByteFallback()  # bytes decode back to text (whitespace is not kept: logs only)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token="[UNK]",
