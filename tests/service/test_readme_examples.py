@@ -86,7 +86,8 @@ def readme_service(tmp_path_factory):
     if port_in_use(PORT):
         pytest.fail(f"port {PORT} is in use; the README examples need it free (stop the other service)")
     log_path = tmp_path_factory.mktemp("serve_run") / "serve_run.log"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local cluster, as `make serve`
+    # A fresh local cluster, as `make serve` on a machine without one; never a cluster someone else `ray start`ed.
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
