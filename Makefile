@@ -9,10 +9,12 @@ install:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
 
-serve: install  ## start the service (GPU: serve_config.yaml; no GPU: tiny random model, noise images)
+# `serve run` starts a local Ray cluster with token auth on: from another shell use `RAY_AUTH_MODE=token serve status`
+# (README, "Ray's token authentication").
+serve: install  ## start the service on :8000 (GPU: serve_config.yaml; no GPU: tiny random model, noise images)
 	serve run $(CONFIG)
 
-test: install  ## run the test suite on CPU (installs Debian's prometheus for the monitoring tests if missing)
+test: install  ## run the test suite on CPU, about 15 min on 2 cores (installs Debian's prometheus for the monitoring tests if missing)
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null) || \
 	  echo "warning: could not install prometheus; monitoring integration tests will fail"
 	$(PY) -m pytest -q -ra
