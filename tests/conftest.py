@@ -16,12 +16,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, parts[0]))
 
 
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Stops whatever cluster is still running when the session ends."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        serve_harness.stop_cluster()
+
+
 @pytest.fixture(scope="module")
-def serve_cluster():
-    """A local Ray cluster + Serve HTTP proxy for one test module (torn down after it)."""
-    serve_harness.start_cluster()
+def serve_cluster(_ray_session):
+    """A local Ray cluster + Serve HTTP proxy for one test module. The cluster is shared by consecutive modules
+    (tests/serve_harness.shared_cluster); each module's applications are deleted after it."""
+    serve_harness.shared_cluster()
     yield serve_harness
-    serve_harness.stop_cluster()
+    serve_harness.delete_apps()
 
 
 @pytest.fixture(autouse=True)

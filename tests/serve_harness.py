@@ -45,8 +45,16 @@ def tiny_config(**overrides) -> AppConfig:
     return AppConfig.model_validate(base)
 
 
+_shared = False  # the running cluster is the default one that `serve_cluster` modules share
+
+
 def start_cluster(num_cpus: int = 4, num_gpus: int = 0, **init_kwargs) -> None:
-    """A local Ray cluster; logical CPUs/GPUs may exceed the machine's (scheduling only)."""
+    """A local Ray cluster; logical CPUs/GPUs may exceed the machine's (scheduling only). Replaces a running one (the
+    shared default cluster, when a module needs its own settings)."""
+    global _shared
+    if ray.is_initialized():
+        stop_cluster()
+    _shared = False
     os.environ.update(WORKER_ENV)
     ray.init(
         num_cpus=num_cpus,
@@ -60,8 +68,25 @@ def start_cluster(num_cpus: int = 4, num_gpus: int = 0, **init_kwargs) -> None:
 
 
 def stop_cluster() -> None:
+    global _shared
+    _shared = False
     serve.shutdown()
     ray.shutdown()
+
+
+def shared_cluster() -> None:
+    """The default cluster (`start_cluster()`), started once and reused by every module that asks for it: starting Ray
+    and Serve costs ~15 s a time on a 2-core box. Modules get a clean slate from `delete_apps()` instead."""
+    global _shared
+    if not (_shared and ray.is_initialized()):
+        start_cluster()
+        _shared = True
+
+
+def delete_apps() -> None:
+    """Delete every Serve application (a module's deployments) and keep the cluster and the HTTP proxy running."""
+    for name in list(serve.status().applications):
+        serve.delete(name, _blocking=True)
 
 
 def deploy(

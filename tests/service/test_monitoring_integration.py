@@ -182,6 +182,8 @@ def test_state_gauges_outlive_the_metrics_agent_ttl(loaded):
     time.sleep(max(0.0, deployed_at + 30 - time.time()))
     for metric in ("ray_zimage_max_batch_size", "ray_zimage_tier_vram_gb", 'ray_zimage_memory_mode{mode="gpu"}'):
         assert prom.query(metric), f"{metric} is no longer exported at the end of the run"
+    modes = {s["metric"]["mode"]: float(s["value"][1]) for s in prom.query("ray_zimage_memory_mode")}
+    assert modes == {"gpu": 0, "text_encoder_offload": 0, "group_offload": 0}, modes  # a CPU replica has no mode
     series = prom.query("ray_zimage_max_batch_size")
     assert len(series) == 1, f"one replica, one series expected: {[s['metric'] for s in series]}"
     assert float(series[0]["value"][1]) == 2  # lowered from 8 by the injected OOMs (batches above 2)
