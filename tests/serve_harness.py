@@ -57,6 +57,7 @@ def start_cluster(num_cpus: int = 4, num_gpus: int = 0, **init_kwargs) -> None:
     _shared = False
     os.environ.update(WORKER_ENV)
     ray.init(
+        address=init_kwargs.pop("address", "local"),  # always our own: never another run's `ray start` cluster
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=False,
