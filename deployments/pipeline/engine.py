@@ -81,7 +81,12 @@ class ZImageEngine:
             self._warm_second_size()
         self.ready_s = time.perf_counter() - start
         logger.info(
-            "%s ready on %s (%s, %s) in %.1fs", self.cfg.model.label, self.device, self.dtype, mode.value, self.ready_s
+            "%s ready on %s (%s%s) in %.1fs",
+            self.cfg.model.label,
+            self.device,
+            self.dtype,
+            f", memory mode {mode.value}" if self.on_gpu else "",
+            self.ready_s,
         )
 
     def _quantize_fp8(self, pipe, mode: MemoryMode) -> int:
