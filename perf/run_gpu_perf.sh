@@ -8,12 +8,12 @@
 #   perf/run_gpu_perf.sh served_production    # `ray start` + `serve deploy`, production batching: throughput at
 #                                             # batch 8/12, latency PNG/JPEG at concurrency 1
 #   perf/run_gpu_perf.sh encoder_check        # the engine's start-up text-encoder check on a GPU + te_graphs
-# Run `lever fp8 --batch 1 8 12` before served_production on one machine to fill the Inductor cache it starts from
-# (both use TORCHINDUCTOR_CACHE_DIR=$CACHE).
+# Run `lever fp8 --batch 1 8 12` before served_production on one machine to fill the Inductor cache it starts from:
+# levers use $CACHE, the default of which is bench/configs/h100_random_full_fp8.yaml's compile_cache_dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-out}; mkdir -p "$OUT"
-CACHE=${CACHE:-/tmp/zimage-inductor-cache}
+CACHE=${CACHE:-/tmp/zimage-inductor-cache-fp8}
 mode=${1:-}; shift || true
 case "$mode" in
   lever)
@@ -63,7 +63,7 @@ gen = next(d for d in app["deployments"] if d["name"] == "Generator")
 gen["user_config"].update(max_batch_size=int(os.environ.get("PROD_BATCH", "12")), batch_wait_timeout_s=0.05)
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
 PY
-    TORCHINDUCTOR_CACHE_DIR=$CACHE python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" \
+    python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" \
       --dashboard-host 127.0.0.1 --disable-usage-stats > "$OUT/ray_start.log" 2>&1
     # deploy as `serve deploy` does (Serve REST API), with the token `ray start` wrote
     python -c "import json, sys, yaml; from bench.serve_control import ServeControl
