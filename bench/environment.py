@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "diffusers", "transformers", "ray", "aiohttp", "nvidia-ml-py", "numpy")
+PACKAGES = ("torch", "diffusers", "transformers", "ray", "httpx", "nvidia-ml-py", "numpy")
 
 
 def _version(pkg: str) -> str | None:
