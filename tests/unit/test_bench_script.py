@@ -2,7 +2,7 @@
 
 Same code path as on the H100 (private Ray cluster + Serve config deploy, live sweep, in-process baseline, report);
 only the config, grid and budgets differ. Slow (~2-3 min on 2 cores: a second Ray cluster), so marked `slow`:
-run it with `pytest -m slow tests/test_bench_script.py`.
+run it with `pytest -m slow tests/unit/test_bench_script.py`.
 """
 
 from __future__ import annotations
