@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU benchmark in two parts that each fit one 10-minute command:
-#   bench/run_gpu.sh serve      # private Ray cluster + Serve (bench/configs/h100_random_full.yaml), live batch sweep
+#   bench/run_gpu.sh serve      # private Ray cluster + Serve (bench/configs/random_full_bf16.yaml), live batch sweep
 #   bench/run_gpu.sh baseline   # in-process diffusers at the same sizes, then the serve-vs-baseline report
 #   bench/run_gpu.sh all        # both, then the report (needs ~12 min)
 #   bench/run_gpu.sh report     # only the report, from $OUT/serve and $OUT/baseline (or the state dir)
 # Add --smoke (or BENCH_SMOKE=1) to run the same path on CPU with the tiny random model in ~2 minutes.
-# BENCH_CONFIG=bench/configs/h100_random_full_fp8.yaml benchmarks the opt-in FP8 service instead; BENCH_SERVE_GRID
+# BENCH_CONFIG=bench/configs/random_full_fp8.yaml benchmarks the opt-in FP8 service instead; BENCH_SERVE_GRID
 # and BENCH_BASELINE_GRID (e.g. "1024=1,8,16 512=8") replace the serve / baseline part's grid.
 # Results go to $OUT (default ./bench-out): serve/, baseline/, report/. The serve JSON is also kept in
 # $BENCH_STATE_DIR (default /tmp/zimage-bench) so a later `baseline` call on the same machine can build the report.
@@ -36,7 +36,7 @@ if [[ "$SMOKE" == 1 ]]; then
   HTTP_PORT=${ZIMAGE_TEST_HTTP_PORT:-18200}; DASH_PORT=${BENCH_DASHBOARD_PORT:-18265}; CPUS=(--num-cpus 4)
   SERVE_BUDGET=120; BASE_BUDGET=60; ROW_TIMEOUT=60; PART_TIMEOUT=300
 else
-  CONFIG=${BENCH_CONFIG:-bench/configs/h100_random_full.yaml}
+  CONFIG=${BENCH_CONFIG:-bench/configs/random_full_bf16.yaml}
   # 1024^2: ~1.3 s/img on an H100 -> 3 measured batches per row is ~200 s for all rows; 512^2 rows ~40 s.
   SERVE_GRID=(--grid 1024=1,2,4,6,8,12,16 --grid 512=1,2,4,8,16)
   if [[ -n "${BENCH_SERVE_GRID:-}" ]]; then

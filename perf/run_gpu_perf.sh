@@ -9,7 +9,7 @@
 #                                             # batch 8/12, latency PNG/JPEG at concurrency 1
 #   perf/run_gpu_perf.sh encoder_check        # the engine's start-up text-encoder check on a GPU + te_graphs
 # Run `lever fp8 --batch 1 8 12` before served_production on one machine to fill the Inductor cache it starts from:
-# levers use $CACHE, the default of which is bench/configs/h100_random_full_fp8.yaml's compile_cache_dir.
+# levers use $CACHE, the default of which is bench/configs/random_full_fp8.yaml's compile_cache_dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-out}; mkdir -p "$OUT"
@@ -30,7 +30,7 @@ case "$mode" in
         --out "$OUT/${mode}_${c}_cache.json" || echo "cold start exit $?"
     done ;;
   served_latency)
-    for cfg in h100_random_full h100_random_full_fp8; do
+    for cfg in random_full_bf16 random_full_fp8; do
       timeout 280 python -m bench sweep --launch "bench/configs/$cfg.yaml" --grid 1024=1 --grid 512=1 \
         --clients-per-batch 1 --batches 20 --min-requests 20 --out "$OUT/concurrency1-$cfg" \
         > "$OUT/concurrency1-$cfg.log" 2>&1 || echo "sweep $cfg exit $?"
@@ -55,7 +55,7 @@ PY
       > "$OUT/te_graphs.log" 2>&1 || echo "te_graphs exit $?" ;;
   served_production)  # production batching (max 12, wait 0.05 s) as a user deploys it, then rows
     cfg="$OUT/served_config.yaml"; url=http://127.0.0.1:8000
-    python - "${BENCH_CONFIG:-bench/configs/h100_random_full_fp8.yaml}" "$cfg" <<'PY'
+    python - "${BENCH_CONFIG:-bench/configs/random_full_fp8.yaml}" "$cfg" <<'PY'
 import os, sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 app = cfg["applications"][0]
