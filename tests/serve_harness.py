@@ -76,11 +76,11 @@ def stop_cluster() -> None:
 
 
 def shared_cluster() -> None:
-    """The default cluster (`start_cluster()`), started once and reused by every module that asks for it: starting Ray
-    and Serve costs ~15 s a time on a 2-core box. Modules get a clean slate from `delete_apps()` instead."""
+    """The default cluster (`start_cluster()` with 2 logical GPUs), started once and reused by every module that asks
+    for it: starting Ray and Serve costs ~15 s a time on a 2-core box. Each module ends with `delete_apps()`."""
     global _shared
     if not (_shared and ray.is_initialized()):
-        start_cluster()
+        start_cluster(num_gpus=2)  # logical GPUs (scheduling only) for modules that place replicas as production does
         _shared = True
 
 

@@ -13,6 +13,7 @@ import asyncio
 import time
 
 import pytest
+import ray
 from ray import serve
 
 from bench import loadgen as lg
@@ -42,11 +43,11 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def service():
-    serve_harness.start_cluster(num_cpus=4, num_gpus=2)
-    serve_harness.deploy(pipeline_factory=WrappingFactory(sleep_s=0.5), generator_options=GEN)
-    yield serve_harness.BASE_URL
-    serve_harness.stop_cluster()
+def service(serve_cluster):
+    """The shared test cluster has 4 logical CPUs and 2 logical GPUs: room for exactly 2 Generator replicas."""
+    assert ray.cluster_resources().get("GPU") == 2
+    serve_cluster.deploy(pipeline_factory=WrappingFactory(sleep_s=0.5), generator_options=GEN)
+    return serve_cluster.BASE_URL
 
 
 def _replicas() -> dict[str, int]:
