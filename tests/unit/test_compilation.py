@@ -13,8 +13,8 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
 
-from deployments.pipeline.compilation import compile_dit, second_warm_up_side
 from deployments.config import MemoryMode, RandomArch, RequestLimits
+from deployments.pipeline.compilation import compile_dit, second_warm_up_side
 from deployments.pipeline.random_model import build_random_pipeline
 from deployments.pipeline.real_rope import RealRopeAttnProcessor, rotate
 from deployments.pipeline.runner import Shape, ZImageRunner
