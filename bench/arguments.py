@@ -1,0 +1,133 @@
+"""`python -m bench` command-line arguments: one parser, the grid/size/user-config syntax checked at parse time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import yaml
+
+from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h or w)
+
+
+def parse_grid(items: list[str]) -> list[tuple[int, int, list[int]]]:
+    """`1024=1,2,4,8` or `768x1024=1,2` -> [(1024, 1024, [1, 2, 4, 8]), ...]"""
+    grid = []
+    for item in items:
+        size, sep, sizes = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"grid entry {item!r} must look like 1024=1,2,4")
+        w, h = parse_size(size)
+        grid.append((w, h, [int(b) for b in sizes.split(",") if b.strip()]))
+    return grid
+
+
+def user_config_item(text: str) -> tuple[str, object]:
+    """`batch_wait_timeout_s=0` -> ("batch_wait_timeout_s", 0); the value is a YAML scalar (number, true, null)."""
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
+    if key.strip() == "max_batch_size":
+        raise argparse.ArgumentTypeError("max_batch_size is set per row by --grid")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--prompt-mode", choices=["article", "varied"], default="article")
+    p.add_argument("--prompt", default=ARTICLE_PROMPT)
+    p.add_argument("--seed", type=int, default=ARTICLE_SEED)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--telemetry", choices=["auto", "off"], default="auto", help="NVML/GPM sampling in this process")
+    p.add_argument("--telemetry-hz", type=float, default=10.0)
+    p.add_argument("--gpu-index", type=int, default=0, help="which visible GPU the sampler watches")
+    p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default: by GPU name)")
+
+
+def _http_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", choices=["generate", "openai"], default="generate")
+    p.add_argument("--output-format", choices=["png", "jpeg", "webp"], default=None, help="default: png")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
+    p.add_argument("--api-key", default=os.environ.get("ZIMAGE_API_KEY"), help="bearer key if the service needs one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark Z-Image-Turbo: load a running service (run, sweep), plain diffusers in-process (baseline), tables and plots (report).",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="one load run (closed or open loop) against a running service")
+    p.add_argument("--url", required=True)
+    p.add_argument("--mode", choices=["closed", "open"], default="closed")
+    p.add_argument("--concurrency", type=int, default=1, help="closed loop: clients")
+    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    p.add_argument("--requests", type=int, default=16, help="measured requests (upper bound)")
+    p.add_argument("--duration-s", type=float, default=300.0, help="bound on the measured phase")
+    p.add_argument("--drain-s", type=float, default=120.0, help="then wait this long for answers in flight")
+    p.add_argument("--warmup-requests", type=int, default=0)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--size", default=None, help="1024 or WxH; default: the service's default size (its /info)")
+    p.add_argument("--arrival-seed", type=int, default=0)
+    p.add_argument(
+        "--cooldown", action="store_true", help="closed loop: keep sending (unmeasured) until the measured requests end"
+    )
+    _workload_args(p)
+    _http_args(p)
+
+    p = sub.add_parser("sweep", help="batch-size sweep, reconfiguring a running deployment live")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--launch", type=Path, help="start a private Ray cluster and deploy this Serve config")
+    target.add_argument("--url", help="a running service (deployed from a config file) ...")
+    p.add_argument("--dashboard", default="http://127.0.0.1:8265", help="... and its Ray dashboard (Serve REST API)")
+    p.add_argument("--config", type=Path, help="with --url: the config it was deployed with (default: ask Serve)")
+    p.add_argument("--http-port", type=int, default=None, help="with --launch: override the config's port")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="with --launch")
+    p.add_argument("--num-cpus", type=int, default=None, help="with --launch: logical CPUs of the private cluster")
+    p.add_argument("--grid", action="append", required=True, help="SIZE=BS,BS,... (repeat for more sizes)")
+    p.add_argument("--batches", type=int, default=3, help="measured full batches per row")
+    p.add_argument("--warmup-batches", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps (same shapes; default: --steps)")
+    p.add_argument("--min-requests", type=int, default=4)
+    p.add_argument("--clients-per-batch", type=int, default=2)
+    p.add_argument("--row-timeout-s", type=float, default=300.0)
+    p.add_argument("--budget-s", type=float, default=None, help="skip rows that would end the sweep after this")
+    p.add_argument(
+        "--no-cooldown", action="store_true", help="stop sending at the last measured request (partial last batches)"
+    )
+    p.add_argument(
+        "--user-config",
+        action="append",
+        default=[],
+        type=user_config_item,
+        metavar="KEY=VALUE",
+        help="Generator user_config for the whole sweep, e.g. batch_wait_timeout_s=0 (restored after)",
+    )
+    _workload_args(p)
+    _http_args(p)
+
+    p = sub.add_parser("baseline", help="in-process diffusers ZImagePipeline at the same batch sizes (no server)")
+    p.add_argument("--model", default="random:full", help="random:full | random:tiny | hub id | local dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--grid", action="append", required=True)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=None)
+    _workload_args(p)
+
+    p = sub.add_parser("report", help="tables and plots from raw JSON; --serve + --baseline adds the comparison")
+    p.add_argument("runs", nargs="*", type=Path, help="raw JSON files (each gets its own table and plots)")
+    p.add_argument("--serve", type=Path)
+    p.add_argument("--baseline", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    return ap
