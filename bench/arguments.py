@@ -61,7 +61,8 @@ def _http_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark Z-Image-Turbo: load a running service (run, sweep), plain diffusers in-process (baseline), tables and plots (report).",
+        description="Benchmark Z-Image-Turbo: load a running service (run, sweep), plain diffusers in-process "
+        "(baseline), tables and plots (report).",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
