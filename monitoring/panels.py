@@ -55,7 +55,8 @@ def _agg(op: str, metric: str, sel: str, by: str) -> str:
 def _mean(hist: str, sel: str = REP, by: str = "") -> str:
     """Exact mean over the rate window: rate(<hist>_exact_total) / rate(<hist>_count).
 
-    Not `_sum / _count`: Ray 2.60 exports a histogram's `_sum` from bucket midpoints (deployments/observability/metrics.py).
+    Not `_sum / _count`: Ray 2.60 exports a histogram's `_sum` from bucket midpoints
+    (deployments/observability/metrics.py).
     """
     return f"{_rate(hist + '_exact_total', sel, by)} / {_rate(hist + '_count', sel, by)}"
 

@@ -61,19 +61,8 @@ class GroupExecutor:
         self.metrics.gpu_seconds_per_image.observe(t.total_s / len(chunk))
         self.metrics.images.inc(len(chunk), tags={"model_source": self.model_source})
         peak = max(out.stage_peak_bytes.values(), default=0)
-        return [
-            GenerationResult(
-                image=img,
-                seed=s.seed,
-                model_source=self.model_source,
-                replica=self.replica,
-                batch_size=len(chunk),
-                inference_s=t.total_s,
-                stage_s=stage_s,
-                peak_memory_bytes=peak,
-            )
-            for s, img in zip(chunk, out.images, strict=True)
-        ]
+        made = dict(batch_size=len(chunk), inference_s=t.total_s, stage_s=stage_s, peak_memory_bytes=peak)
+        return [self._result(s, image=img, **made) for s, img in zip(chunk, out.images, strict=True)]
 
     def _failed(self, specs: list[GenerationSpec], exc: BaseException) -> list[GenerationResult]:
         kind = "oom" if is_oom(exc) else "internal"
@@ -81,14 +70,8 @@ class GroupExecutor:
             self.fatal = exc  # a sticky CUDA error poisons the context: fail health checks so Serve replaces us
         logger.error("generation failed for %d request(s) (%s): %s", len(specs), kind, exc)
         self.metrics.failures.inc(len(specs), tags={"reason": kind})
-        return [
-            GenerationResult(
-                image=None,
-                seed=s.seed,
-                model_source=self.model_source,
-                replica=self.replica,
-                error=f"{type(exc).__name__}: {exc}",
-                error_kind=kind,
-            )
-            for s in specs
-        ]
+        error = f"{type(exc).__name__}: {exc}"
+        return [self._result(s, image=None, error=error, error_kind=kind) for s in specs]
+
+    def _result(self, spec: GenerationSpec, **fields) -> GenerationResult:
+        return GenerationResult(seed=spec.seed, model_source=self.model_source, replica=self.replica, **fields)

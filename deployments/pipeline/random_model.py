@@ -92,31 +92,23 @@ def text_encoder_config(arch: RandomArch) -> Qwen3Config:
 
 
 def transformer_config(arch: RandomArch) -> dict:
-    if arch is RandomArch.FULL:
-        return dict(
-            dim=3840,
-            n_layers=30,
-            n_refiner_layers=2,
-            n_heads=30,
-            n_kv_heads=30,
-            cap_feat_dim=2560,
-            in_channels=16,
-            axes_dims=[32, 48, 48],
-            axes_lens=[1536, 512, 512],
-            rope_theta=256.0,
-        )
-    return dict(
-        dim=64,
-        n_layers=2,
-        n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        cap_feat_dim=32,
+    """Z-Image-Turbo's released DiT config (6.15B parameters); `tiny` shrinks its sizes, same structure."""
+    full = dict(
+        dim=3840,
+        n_layers=30,
+        n_refiner_layers=2,
+        n_heads=30,
+        n_kv_heads=30,
+        cap_feat_dim=2560,
         in_channels=16,
-        axes_dims=[8, 12, 12],
-        axes_lens=[256, 128, 128],
+        axes_dims=[32, 48, 48],
+        axes_lens=[1536, 512, 512],
         rope_theta=256.0,
     )
+    if arch is RandomArch.FULL:
+        return full
+    tiny = dict(dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32)
+    return {**full, **tiny, "axes_dims": [8, 12, 12], "axes_lens": [256, 128, 128]}
 
 
 def vae_config(arch: RandomArch) -> dict:

@@ -184,9 +184,14 @@ class PromptEncoder:
             (theirs,), _ = pipe.encode_prompt(
                 prompt, device=self.device, do_classifier_free_guidance=False, max_sequence_length=length
             )
-        if ours.shape != theirs.shape:
-            return math.inf
-        return float((ours.float() - theirs.float()).norm() / theirs.float().norm().clamp_min(1e-12))
+        return relative_l2(ours, theirs)
+
+
+def relative_l2(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """|ours - theirs| / |theirs| in fp32; inf when the shapes differ (a different token count is a different text)."""
+    if ours.shape != theirs.shape:
+        return math.inf
+    return float((ours.float() - theirs.float()).norm() / theirs.float().norm().clamp_min(1e-12))
 
 
 def _pow2(n: int) -> int:

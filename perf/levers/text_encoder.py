@@ -4,12 +4,11 @@ compiled encoder (tried, not shipped)."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import torch
 
-from deployments.pipeline.text_encoder import MAX_TOKENS
+from deployments.pipeline.text_encoder import MAX_TOKENS, relative_l2
 from perf.levers import lever
 from perf.levers.session import PROMPT, timed
 
@@ -24,9 +23,7 @@ def deviation_from_padded_pipeline(encoder, pipe, prompt: str) -> float:
         (theirs,), _ = pipe.encode_prompt(
             prompt, device=encoder.device, do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS
         )
-    if ours.shape != theirs.shape:
-        return math.inf
-    return float((ours.float() - theirs.float()).norm() / theirs.float().norm().clamp_min(1e-12))
+    return relative_l2(ours, theirs)
 
 
 def _max_diff(xs, ys) -> float:
