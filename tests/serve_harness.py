@@ -71,8 +71,9 @@ def start_cluster(num_cpus: int = 4, num_gpus: int = 0, **init_kwargs) -> None:
 def stop_cluster() -> None:
     global _shared
     _shared = False
-    serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
 
 
 def shared_cluster() -> None:

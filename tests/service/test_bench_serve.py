@@ -21,6 +21,7 @@ from bench.results import RunFile
 from bench.stats import request_stats
 from bench.sweep import SweepPlan, run_sweep
 from bench.workload import Workload
+from tests import serve_harness
 
 HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT", "18000"))
 DASHBOARD_PORT = int(os.environ.get("ZIMAGE_TEST_DASHBOARD_PORT", str(HTTP_PORT + 65)))
@@ -35,6 +36,8 @@ def _config() -> dict:
 
 @pytest.fixture(scope="module")
 def service():
+    # The bench starts its own Ray in this process (as `bench sweep --launch` does): end the tests' shared cluster.
+    serve_harness.stop_cluster()
     with launched_service(_config(), dashboard_port=DASHBOARD_PORT, num_cpus=4, ready_timeout_s=300) as svc:
         yield svc
 
