@@ -156,8 +156,13 @@ def validate_object(obj: dict) -> list[str]:
     return errors
 
 
+# Secrets created by hand before `kubectl apply` (docs/kubernetes.md, "Deploy") that a pod cannot run without: the
+# service's bearer key (an Ingress replica refuses to start without it). Every other Secret reference must be optional.
+REQUIRED_SECRETS = {"zimage-api-key"}
+
+
 def reference_errors(docs: list[dict]) -> list[str]:
-    """Pods may only mount PVCs of this build; Secrets (created by hand) must be optional references."""
+    """Pods may only mount PVCs of this build; Secrets (created by hand) are optional unless in REQUIRED_SECRETS."""
     pvcs = {d["metadata"]["name"] for d in docs if d.get("kind") == "PersistentVolumeClaim"}
     errors = []
     for svc in (d for d in docs if d.get("kind") == "RayService"):
@@ -170,7 +175,7 @@ def reference_errors(docs: list[dict]) -> list[str]:
             for container in spec.get("containers", []) + spec.get("initContainers", []):
                 for env in container.get("env", []):
                     ref = (env.get("valueFrom") or {}).get("secretKeyRef")
-                    if ref is not None and ref.get("optional") is not True:
+                    if ref is not None and ref.get("optional") is not True and ref["name"] not in REQUIRED_SECRETS:
                         errors.append(f"{role}/{container['name']}: env {env['name']} needs Secret {ref['name']}")
     return errors
 
