@@ -5,9 +5,13 @@ CONFIG ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo serve_config.yaml || ech
 export RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS ?= 10,25,50,100,250,500,750,1000,1500,2000,3000,5000,7500,10000,15000,20000,30000,45000,60000,90000,120000,300000
 
 .PHONY: install serve test lint
+# k8s/requirements.lock (the image's pins) constrains what is installed here too; checkov (k8s/scan.py) gets its own
+# venv: its pins would downgrade packages torch and Ray use.
+CHECKOV_VENV ?= $(HOME)/.cache/zimage-serve/checkov-venv
 install:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c k8s/requirements.lock -e ".[dev]"
+	@test -x $(CHECKOV_VENV)/bin/checkov || ($(PY) -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q "checkov==3.3.30")
 
 # `serve run` starts a local Ray cluster with token auth on: from another shell use `RAY_AUTH_MODE=token serve status`
 # (README, "Ray's token authentication").

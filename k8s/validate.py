@@ -1,7 +1,7 @@
 """Build kustomizations and validate every object before it reaches a cluster: `python -m k8s.validate [DIR...]`.
 
 - RayService: KubeRay's CRD openAPIV3Schema (vendored in k8s/schemas/, from the KubeRay commit in SOURCE.md).
-- PodMonitor: the upstream CRD schema reduced to the fields we use (k8s/schemas/podmonitor.v1.subset.yaml).
+- PodMonitor, PrometheusRule: the upstream CRD schemas reduced to the fields we use (k8s/schemas/*.subset.yaml).
 - Core objects (PVC, ConfigMap) and the RayService's pod templates (as v1 PodTemplates): upstream Kubernetes
   schemas bundled by the `kubernetes-validate` package; metadata of custom resources as v1 ObjectMeta.
 CRD schemas are made strict (unknown fields fail), as `kubectl apply`'s default server-side field validation does
@@ -34,6 +34,7 @@ SCHEMAS = K8S_DIR / "schemas"
 CUSTOM_SCHEMAS = {
     ("ray.io/v1", "RayService"): SCHEMAS / "ray.io_rayservices.yaml",
     ("monitoring.coreos.com/v1", "PodMonitor"): SCHEMAS / "podmonitor.v1.subset.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule.v1.subset.yaml",
 }
 # apimachinery's resource.Quantity syntax (the CRDs carry it as a pattern; the core JSON schemas do not).
 QUANTITY = re.compile(
