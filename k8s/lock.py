@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 from importlib import metadata
-from pathlib import Path
 
 from k8s import K8S_DIR, REPO_ROOT
 

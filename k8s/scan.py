@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="*", type=Path, help="kustomization folders (default: base and overlays)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    dirs = args.dirs or [K8S_DIR / "base", *sorted(p.parent for p in (K8S_DIR / "overlays").glob("*/kustomization.yaml"))]
+    dirs = args.dirs or [
+        K8S_DIR / "base",
+        *sorted(p.parent for p in (K8S_DIR / "overlays").glob("*/kustomization.yaml")),
+    ]
     failed = 0
     for path in dirs:
         result = scan(build_in_namespace(path))
@@ -131,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s: FAILED %s", path, line)
         for line in result.skipped:
             logger.info("%s: skipped %s", path, line)
-        logger.info("%s: %d passed, %d failed, %d skipped", path, result.passed, len(result.failed), len(result.skipped))
+        logger.info(
+            "%s: %d passed, %d failed, %d skipped", path, result.passed, len(result.failed), len(result.skipped)
+        )
         failed += bool(result.failed)
     return 1 if failed else 0
 

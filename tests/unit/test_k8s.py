@@ -3,7 +3,9 @@
 Every kustomization is built by the real kustomize (the one embedded in kubectl) and validated against the vendored
 KubeRay RayService CRD schema, the PodMonitor CRD schema (subset) and upstream Kubernetes schemas
 (`kubernetes-validate`). Then the semantics: serveConfigV2 IS serve_config.yaml (plus the overlay's overrides), the
-GPU worker group follows Serve's autoscaling bounds, Ray versions agree, the head is CPU-only, secrets are references.
+GPU worker group follows Serve's autoscaling bounds, Ray versions and the image lock agree, the head is CPU-only,
+secrets are references, pods are hardened (checkov, from PyPI, on every rendered overlay: zero failed checks), the
+shutdown numbers cover Serve's drain, the PrometheusRule is the rules file.
 No fakes; nothing here needs a Kubernetes or Ray cluster.
 """
 
@@ -24,7 +26,8 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from k8s import K8S_DIR, REPO_ROOT, dashboards, render, validate
+from deployments.app import GENERATOR_DEFAULTS, INGRESS_DEFAULTS
+from k8s import K8S_DIR, REPO_ROOT, dashboards, render, scan, validate
 from k8s.serve_config import OverrideError, apply_overrides, cluster_needs, load_yaml
 
 BASE = K8S_DIR / "base"
@@ -85,7 +88,7 @@ def deployment(config: dict, name: str) -> dict:
 
 # ---- build + schema validation ------------------------------------------------------------------------------------
 def test_overlay_per_gpu_class():
-    assert {p.name for p in OVERLAYS} == {"gpu-24gb", "a100", "h100"}
+    assert {p.name for p in OVERLAYS} == {"gpu-24gb", "a100", "h100", "h200"}
 
 
 @pytest.mark.parametrize("path", validate.kustomizations(), ids=lambda p: str(p.relative_to(K8S_DIR)))
@@ -181,6 +184,7 @@ def test_generated_patches_are_current():
 def _copy_tree(tmp_path: Path) -> Path:
     shutil.copy(REPO_ROOT / "serve_config.yaml", tmp_path / "serve_config.yaml")
     shutil.copytree(K8S_DIR, tmp_path / "k8s", ignore=shutil.ignore_patterns("schemas", "__pycache__", "*.py"))
+    shutil.copytree(REPO_ROOT / render.RULES_DIR, tmp_path / render.RULES_DIR)
     return tmp_path
 
 
@@ -431,3 +435,218 @@ def test_dashboard_generator_rejects_non_dashboards(tmp_path):
     (tmp_path / "broken.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(dashboards.DashboardError, match="not a Grafana dashboard"):
         dashboards.configmaps(tmp_path)
+
+
+def test_prometheus_rule_is_the_rules_file(tmp_path):
+    """One source: the PrometheusRule's groups are monitoring/'s promtool-tested rules file, and drift is caught."""
+    (rule,) = [d for d in build(K8S_DIR / "monitoring") if d["kind"] == "PrometheusRule"]
+    (rules_file,) = sorted((REPO_ROOT / render.RULES_DIR).glob("*.yml"))
+    assert rule["spec"] == load_yaml(rules_file)
+    assert rule["metadata"]["labels"]["release"] == "prometheus"  # the label the PodMonitors carry too
+    root = _copy_tree(tmp_path)
+    edited = root / render.RULES_DIR / rules_file.name
+    edited.write_text(edited.read_text().replace("for: 10m", "for: 15m", 1))
+    assert render.stale(root) == [root / render.PROMETHEUS_RULE]
+
+
+# ---- GPU classes ----------------------------------------------------------------------------------------------------
+GPU_PRODUCTS = {  # nvidia.com/gpu.product (GPU feature discovery) values each overlay must accept
+    "gpu-24gb": {"NVIDIA-L4", "NVIDIA-A10G"},
+    "a100": {"NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB", "NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"},
+    "h100": {"NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"},
+    "h200": {"NVIDIA-H200", "NVIDIA-H200-NVL"},
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlay_accepts_every_card_of_its_class(overlay):
+    terms = worker_group(overlay)["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    values = {k: set(e["values"]) for t in terms for e in t["matchExpressions"] for k in [e["key"]]}
+    assert GPU_PRODUCTS[overlay.name] <= values["nvidia.com/gpu.product"]
+    assert {"cloud.google.com/gke-accelerator", "karpenter.k8s.aws/instance-gpu-name"} <= set(values)
+
+
+# ---- pod security (checkov) ---------------------------------------------------------------------------------------
+def _containers(path: Path):
+    for role, template in validate.pod_templates(rayservice(path)).items():
+        for c in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+            yield role, template, c
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_every_container_is_hardened_and_sized(path):
+    for role, template, c in _containers(path):
+        where = f"{role}/{c['name']}"
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False, where
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True, where
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        pod = template["spec"]["securityContext"]
+        assert (
+            pod["runAsNonRoot"] is True and pod["runAsUser"] != 0 and pod["seccompProfile"]["type"] == "RuntimeDefault"
+        )
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), where
+        # Read-only root: Ray's session dir and the caches must land on writable volumes.
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+        assert "emptyDir" in mounts["/tmp"], where
+        assert env(c)["XDG_CACHE_HOME"]["value"].startswith("/tmp/"), where
+    assert cluster(path)["autoscalerOptions"]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@functools.cache
+def _scan(path: Path) -> scan.ScanResult:
+    return scan.scan(scan.build_in_namespace(path))
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_checkov_passes_every_rendered_overlay(path):
+    """checkov's Kubernetes checks on what `kubectl apply -k` sends (pod templates as Deployments): nothing fails;
+    a skip exists only as an annotation on a pod template, with its reason."""
+    result = _scan(path)
+    assert result.failed == [], "\n".join(result.failed)
+    assert result.passed > 100
+    for line in result.skipped:
+        reason = line.split(": ", 1)[1]
+        assert len(reason) > 40, f"skip without a real reason: {line}"
+    skipped = {line.split()[0] for line in result.skipped}
+    assert skipped <= {"CKV_K8S_43", "CKV_K8S_40", "CKV_K8S_38", "CKV_K8S_35"}, skipped
+
+
+def test_checkov_fails_an_unhardened_pod():
+    """The scan can fail: the worker without its security context and probes is caught."""
+    docs = [copy.deepcopy(d) for d in scan.build_in_namespace(K8S_DIR / "overlays" / "h100")]
+    svc = next(d for d in docs if d["kind"] == "RayService")
+    c = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    for key in ("securityContext", "readinessProbe", "livenessProbe"):
+        del c[key]
+    failed = {line.split()[0] for line in scan.scan(docs).failed}
+    assert {"CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_28", "CKV_K8S_9", "CKV_K8S_8"} <= failed, failed
+
+
+# ---- shutdown, disruption, probes -----------------------------------------------------------------------------------
+def _graceful_shutdown_s(config: dict) -> int:
+    """The longest drain Serve gives a replica: the served config's value, else deployments/app.py's default."""
+    defaults = {"Generator": GENERATOR_DEFAULTS, "Ingress": INGRESS_DEFAULTS}
+    return max(
+        deployment(config, name).get("graceful_shutdown_timeout_s", d["graceful_shutdown_timeout_s"])
+        for name, d in defaults.items()
+    )
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_termination_grace_covers_serve_drain(path):
+    drain = _graceful_shutdown_s(served_config(path))
+    spec, c = worker_group(path)["template"]["spec"], worker(path)
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[:2] == ["python", "-c"]
+    compile(pre_stop[2], "preStop", "exec")  # the hook is valid Python
+    assert "drain-node" in pre_stop[2] and "ServeReplica" in pre_stop[2]
+    budget = int(pre_stop[3])
+    assert budget >= drain + 20, f"preStop waits {budget} s, Serve drains for {drain} s (+ the drain request)"
+    # After preStop, Kubernetes sends SIGTERM; Ray needs a few seconds to exit before SIGKILL.
+    assert spec["terminationGracePeriodSeconds"] >= budget + 15
+    assert env(c)["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_disruption_budget_covers_gpu_workers_only(path):
+    (pdb,) = [d for d in build(path) if d["kind"] == "PodDisruptionBudget"]
+    want = pdb["spec"]["selector"]["matchLabels"]
+    assert want.items() <= worker_group(path)["template"]["metadata"]["labels"].items()
+    assert not want.items() <= cluster(path)["headGroupSpec"]["template"]["metadata"]["labels"].items()
+    # maxUnavailable 1: one eviction at a time, never blocked forever with the usual single warm worker.
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
+    assert rayservice(path)["spec"]["upgradeStrategy"]["type"] == "NewCluster"  # deletes pods: not PDB-gated
+
+
+def _probe_cmd(c: dict, kind: str) -> str:
+    return c[kind]["exec"]["command"][-1]
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_probes_replace_kuberays_with_the_same_checks(path):
+    """Readiness of a worker: the raylet AND the node's Serve proxy (healthy only while the node hosts a RUNNING
+    replica, i.e. one whose reconfigure() loaded and warmed the pipeline). Liveness: the raylet alone, cheap."""
+    port = served_config(path)["http_options"]["port"]
+    c = worker(path)
+    assert _ports(c)["serve"] == port
+    ready, live = _probe_cmd(c, "readinessProbe"), _probe_cmd(c, "livenessProbe")
+    assert "localhost:52365/api/local_raylet_healthz" in ready and f"localhost:{port}/-/healthz" in ready
+    assert "local_raylet_healthz" in live and f":{port}" not in live
+    assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 300  # no restart storms
+    h = head(path)
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert "gcs_healthz" in _probe_cmd(h, kind) and "local_raylet_healthz" in _probe_cmd(h, kind)
+    assert "initContainers" not in cluster(path)["headGroupSpec"]["template"]["spec"]
+
+
+# ---- auth ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_ray_token_auth_and_service_key_from_secret(path):
+    assert cluster(path)["authOptions"] == {"mode": "token"}
+    (app,) = served_config(path)["applications"]
+    key_env = app["args"]["api_key_env"]
+    ref = env(worker(path))[key_env]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] in validate.REQUIRED_SECRETS and ref.get("optional") is not True  # no key: no start
+    assert key_env not in env(head(path))  # no Serve replica on the head
+
+
+@pytest.mark.parametrize("path", APP_DIRS, ids=APP_IDS)
+def test_network_policy_admits_what_clients_and_prometheus_use(path):
+    (policy,) = [d for d in build(path) if d["kind"] == "NetworkPolicy"]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= worker_group(path)["template"]["metadata"]["labels"].items()
+    )
+    open_ports = {p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]}
+    monitors = [d for d in build(K8S_DIR / "monitoring") if d["kind"] == "PodMonitor"]
+    scraped = {e["port"] for m in monitors for e in m["spec"]["podMetricsEndpoints"]}
+    named = {**_ports(head(path)), **_ports(worker(path))}
+    assert {named[p] for p in scraped} | {served_config(path)["http_options"]["port"], 8265} <= open_ports
+
+
+# ---- image lock ---------------------------------------------------------------------------------------------------
+LOCK = K8S_DIR / "requirements.lock"
+
+
+def _lock() -> dict[str, Version]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = Version(version)
+    return pins
+
+
+def test_lock_agrees_with_pyproject_image_and_rayservice():
+    pins = _lock()
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"]:
+        m = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*(.*)", dep.split("#")[0].strip())
+        name, spec = re.sub(r"[-_.]+", "-", m.group(1)).lower(), m.group(3)
+        assert name in pins, f"{name} is not locked: python -m k8s.lock"
+        assert pins[name] in SpecifierSet(spec), f"lock has {name}=={pins[name]}, pyproject wants {spec}"
+    dockerfile = (K8S_DIR / "Dockerfile").read_text()
+    (arg,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M)
+    assert pins["ray"] == Version(arg) == Version(cluster(BASE)["rayVersion"])
+    assert head(BASE)["image"].endswith(f"-ray{pins['ray']}")
+    assert re.search(r"pip install .*-c requirements\.lock \.", dockerfile)
+    assert "k8s/requirements.lock" in re.search(r"^COPY .*requirements\.lock.*$", dockerfile, re.M).group(0)
+    # torch: PyPI's CUDA build, whose runtime comes as nvidia-* wheels (the node driver must support it).
+    assert "torch" in pins and "nvidia-cuda-runtime" in pins
+    (install,) = re.findall(r"^install:.*?(?=^\S)", (REPO_ROOT / "Makefile").read_text(), re.M | re.S)
+    assert "-c k8s/requirements.lock" in install
+
+
+def test_lock_pins_what_the_tests_run_on():
+    """The lock was made from (and `make install` constrains) this environment: the versions CI tests."""
+    from importlib import metadata
+
+    pins = _lock()
+    for name in ("ray", "diffusers", "transformers", "pydantic", "fastapi"):
+        assert Version(metadata.version(name)) == pins[name], name
+    assert Version(metadata.version("torch").split("+")[0]) == pins["torch"]
