@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -124,10 +125,21 @@ class GeneratorUserConfig(_Strict):
 
 
 class RequestLimits(_Strict):
-    """What the ingress accepts. Anything outside gets a 4xx before it reaches the GPU."""
+    """What the ingress accepts. Anything outside gets a 4xx before it reaches the GPU.
+
+    Z-Image is trained for 512^2-2048^2 of image area at any aspect ratio: width and height are multiples of 16, each
+    side at most `max_side` and the image at most `max_pixels` (what fits the card: 2048x2048 on 80 GB and larger,
+    1536x1536 on 24 GB cards). The start-up memory measurement runs at the largest allowed area and a small one.
+    """
 
     min_side: int = Field(256, ge=16)
-    max_side: int = Field(1024, ge=16, description="Largest width or height; the memory clamp measures at this size.")
+    max_side: int = Field(2048, ge=16, description="Largest width or height.")
+    max_pixels: int = Field(
+        2048 * 2048,
+        ge=256,
+        description="Largest width x height. The batch size of each image area is capped by memory measured at "
+        "start-up at the largest allowed area and a small one (docs/architecture.md).",
+    )
     side_multiple: int = Field(16, ge=1, description="VAE scale x patch size: width/height must be multiples.")
     min_steps: int = 1
     max_steps: int = Field(16, ge=1, le=100)
@@ -135,11 +147,60 @@ class RequestLimits(_Strict):
     max_images_per_request: int = Field(4, ge=1, le=16, description="OpenAI `n` upper bound.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Request bodies above this get 413.")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> RequestLimits:
+        if self.min_side > self.max_side:
+            raise ValueError(f"limits.min_side={self.min_side} > max_side={self.max_side}")
+        if self.max_pixels < self.min_side**2:
+            raise ValueError(f"limits.max_pixels={self.max_pixels} is below min_side^2={self.min_side**2}")
+        return self
+
+    def allows(self, width: int, height: int) -> bool:
+        return all(self.min_side <= v <= self.max_side and v % self.side_multiple == 0 for v in (width, height)) and (
+            width * height <= self.max_pixels
+        )
+
+    @property
+    def min_area(self) -> int:
+        return self.min_side**2
+
+    @property
+    def max_area(self) -> int:
+        """The largest width x height any allowed size has."""
+        return max(w * h for w, h in self.largest_shapes())
+
+    def largest_shapes(self) -> list[tuple[int, int]]:
+        """For each allowed width, the tallest allowed height (the candidates for the largest area)."""
+        m = self.side_multiple
+        lo = -(-self.min_side // m) * m
+        out = []
+        for w in range(lo, self.max_side + 1, m):
+            h = min(self.max_side, self.max_pixels // w) // m * m
+            if h >= self.min_side:
+                out.append((w, h))
+        return out
+
+    def largest_square(self) -> int:
+        """Side of the largest allowed square (the start-up memory measurement's large shape)."""
+        m = self.side_multiple
+        side = self.max_side // m * m
+        while side * side > self.max_pixels:
+            side -= m
+        return side
+
 
 class GenerationDefaults(_Strict):
     width: int = 1024
     height: int = 1024
     num_inference_steps: int = 8
+
+
+class EmulatedMemory(_Strict):
+    """Peak bytes of a batch = fixed_bytes + batch x width x height x bytes_per_pixel, against budget_bytes."""
+
+    fixed_bytes: int = Field(0, ge=0)
+    bytes_per_pixel: float = Field(gt=0)
+    budget_bytes: int = Field(gt=0)
 
 
 class TestingOptions(_Strict):
@@ -149,7 +210,14 @@ class TestingOptions(_Strict):
         None, gt=0, description="Pretend the GPU has this much memory (caps torch's allocator to match)."
     )
     measure_memory: bool = Field(
-        True, description="Run batch 1 and 2 at the largest size at start-up to cap the batch size (off: no cap)."
+        True,
+        description="Run batch 1 and 2 at the largest and a small area at start-up to cap the batch size of each "
+        "image area (off: no cap).",
+    )
+    emulate_memory: EmulatedMemory | None = Field(
+        None,
+        description="Instead of measuring torch's peak memory (GPU), use this linear model of it: lets a CPU replica "
+        "run the per-area memory cap with the tiny model.",
     )
 
 
@@ -184,6 +252,11 @@ class AppConfig(_Strict):
         "powers of two, ~22 graphs captured at start-up). A batch-1 prompt encode is launch-bound without them "
         "(docs/architecture.md).",
     )
+    warm_up_sizes: Literal["presets", "none"] | list[str] = Field(
+        "presets",
+        description="With compile, on a GPU: image sizes run once (batch 1, 1 step) at start-up so no request pays a "
+        "compile. `presets`: every official preset the limits allow; `none`; or a list of `WIDTHxHEIGHT`.",
+    )
     compile_cache_dir: str | None = Field(
         None, description="Persistent TorchInductor cache (e.g. on a volume) so a new replica skips recompilation."
     )
@@ -214,4 +287,19 @@ class AppConfig(_Strict):
             v = getattr(d, name)
             if not lim.min_side <= v <= lim.max_side or v % lim.side_multiple:
                 raise ValueError(f"defaults.{name}={v} is outside limits")
+        if d.width * d.height > lim.max_pixels:
+            raise ValueError(f"defaults {d.width}x{d.height} is above limits.max_pixels={lim.max_pixels}")
+        if isinstance(self.warm_up_sizes, list):
+            for size in self.warm_up_sizes:
+                if not lim.allows(*(int(v) for v in size.split("x"))):
+                    raise ValueError(f"warm_up_sizes: {size} is outside limits")
         return self
+
+    @field_validator("warm_up_sizes")
+    @classmethod
+    def _sizes(cls, value):
+        if isinstance(value, list):
+            for size in value:
+                if not re.fullmatch(r"\d+x\d+", size):
+                    raise ValueError(f"warm_up_sizes: {size!r} is not WIDTHxHEIGHT")
+        return value

@@ -18,7 +18,7 @@ from ray import serve
 
 from deployments.batching.executor import GroupExecutor
 from deployments.batching.gate import BatchGate
-from deployments.batching.policy import BatchingState, cap_after_oom, group_by_shape, select_tier
+from deployments.batching.policy import BatchingState, group_by_shape, select_tier
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode
 from deployments.messages import GenerationResult, GenerationSpec
 from deployments.observability.gpu_info import probe_gpu
@@ -28,6 +28,7 @@ from deployments.observability.replica_gpu_metrics import start_replica_gpu_metr
 from deployments.pipeline.devices import resolve_device, resolve_dtype
 from deployments.pipeline.engine import ZImageEngine
 from deployments.pipeline.loading import PipelineFactory, load_pipeline
+from deployments.presets import PRESETS
 
 logger = logging.getLogger("ray.serve")
 
@@ -42,8 +43,15 @@ class ZImageGenerator:
         )
         self.replica = replica_id()
         self.metrics = GeneratorMetrics()
-        self.state = BatchingState(vram_gb=self.engine.vram_gb, emulated=bool(self.engine.emulated_vram_gb))
-        self.executor = GroupExecutor(self.engine, self.metrics, self.replica, self._lower_after_oom)
+        self.state = BatchingState(
+            vram_gb=self.engine.vram_gb,
+            emulated=bool(self.engine.emulated_vram_gb),
+            min_area=self.cfg.limits.min_area,
+            shown_shapes=shown_shapes(self.cfg),
+        )
+        self.executor = GroupExecutor(
+            self.engine, self.metrics, self.replica, self._lower_after_oom, self.state.max_batch_for
+        )
         self.gate = BatchGate(  # batches form when the GPU is free (deployments/batching/gate.py)
             lambda: self.state.effective_max_batch,
             lambda: self.state.batch_wait_timeout_s,
@@ -68,6 +76,7 @@ class ZImageGenerator:
             self.engine.load(mode, desired)
             st.memory_mode = mode if self.engine.on_gpu else None
             st.clamp, st.memory_cap = self.engine.memory_clamp, self.engine.memory_cap
+            st.memory_model = self.engine.memory_model
             self.metrics.set_memory_mode(st.memory_mode)
         st.desired_max_batch = desired
         st.batch_wait_timeout_s = uc.batch_wait_timeout_s
@@ -75,8 +84,8 @@ class ZImageGenerator:
         self._apply_batch_size()
         self.generate_batch.set_batch_wait_timeout_s(uc.batch_wait_timeout_s)
         logger.info(
-            "batching: vram=%s GB%s tier=%s mode=%s desired=%d memory_cap=%s oom_cap=%s"
-            " -> max_batch_size=%d wait=%.3fs",
+            "batching: vram=%s GB%s tier=%s mode=%s desired=%d memory_cap=%s (largest area) oom_cap=%s"
+            " -> max_batch_size=%d (smallest area) wait=%.3fs; per shape %s",
             f"{st.vram_gb:.1f}" if st.vram_gb else "n/a (cpu)",
             " (emulated)" if st.emulated else "",
             st.tier.max_vram_gb if st.tier else None,
@@ -86,6 +95,7 @@ class ZImageGenerator:
             st.oom_cap,
             st.effective_max_batch,
             uc.batch_wait_timeout_s,
+            st.max_batch_by_shape(),
         )
 
     def _apply_batch_size(self) -> None:
@@ -93,18 +103,25 @@ class ZImageGenerator:
         self.generate_batch.set_max_batch_size(size)
         self.metrics.max_batch_size.set(size)
         self.metrics.tier_vram_gb.set(self.state.vram_gb or 0.0)
+        for shape, cap in self.state.max_batch_by_shape().items():
+            self.metrics.max_batch_by_shape.set(cap, tags={"shape": shape})
 
-    def _lower_after_oom(self, smallest_failed: int, largest_ok: int) -> None:
+    def _lower_after_oom(self, smallest_failed: int, largest_ok: int, area: int | None = None) -> None:
+        """A batch of `smallest_failed` images of `area` pixels each ran out of memory: that area (and every larger
+        one) never batches that many again; smaller areas keep their caps. `area` None: every area."""
         st = self.state
         st.oom_splits += 1
-        st.oom_cap = cap_after_oom(st.oom_cap, smallest_failed, largest_ok)
-        before = st.effective_max_batch
+        area = st.min_area if area is None else area
+        before = st.max_batch_for(area)
+        st.lower_after_oom(area, smallest_failed, largest_ok)
         self._apply_batch_size()
         logger.warning(
-            "CUDA OOM at batch %d: max batch size %d -> %d for the rest of this replica's life",
+            "CUDA OOM at batch %d of %d px images: max batch for that area (and larger) %d -> %d for the rest of this"
+            " replica's life",
             smallest_failed,
+            area,
             before,
-            st.effective_max_batch,
+            st.max_batch_for(area),
         )
 
     # ---- requests ------------------------------------------------------------------------------------------------
@@ -146,6 +163,7 @@ class ZImageGenerator:
             "compile_vae": self.cfg.compile and self.cfg.compile_vae and eng.on_gpu,
             "fp8_dit": {"enabled": self.cfg.fp8_dit, "fp8_linear_layers": eng.fp8_layers},
             "text_encoder": eng.encoder_info,
+            "warm_up": eng.warm_up_info,
             "ready_s": eng.ready_s,
             "pid": os.getpid(),
         }
@@ -153,3 +171,13 @@ class ZImageGenerator:
     def check_health(self) -> None:
         if self.executor.fatal is not None:
             raise RuntimeError(f"replica unhealthy after CUDA error: {self.executor.fatal}")
+
+
+def shown_shapes(cfg: AppConfig) -> tuple[tuple[int, int], ...]:
+    """Shapes whose max batch /info lists: the smallest and largest squares, the default size, and the square of each
+    preset class the limits allow."""
+    lim, d = cfg.limits, cfg.defaults
+    squares = [(lim.min_side, lim.min_side), (d.width, d.height)]
+    squares += [(p.width, p.height) for p in PRESETS if p.width == p.height and lim.allows(p.width, p.height)]
+    squares.append((lim.largest_square(), lim.largest_square()))
+    return tuple(sorted(dict.fromkeys(squares), key=lambda s: s[0] * s[1]))

@@ -17,12 +17,13 @@ from deployments.config import AppConfig
 from deployments.http.errors import ApiError
 from deployments.http.guards import configure_guard, current_guard
 from deployments.http.image_encoding import MEDIA_TYPES, encode_b64, encode_image
-from deployments.http.openapi import api
+from deployments.http.openapi import api, document_limits
 from deployments.http.protocol import GenerateRequest, ImageData, ImagesRequest, ImagesResponse
 from deployments.http.serving import GenerationClient, result_headers
 from deployments.http.validation import output_encoding, specs_from_generate, specs_from_images
 from deployments.observability.metrics import IngressMetrics
 from deployments.observability.replica import replica_id
+from deployments.presets import PRESETS
 
 
 @serve.ingress(api)
@@ -36,6 +37,7 @@ class Ingress:
         if self.cfg.api_key_env and not api_key:
             raise RuntimeError(f"api_key_env={self.cfg.api_key_env} is configured but that variable is empty")
         configure_guard(self.cfg.limits.max_body_bytes, api_key)
+        document_limits(api, self.cfg.limits)
 
     def _observe(self, route: str, start: float, code: int) -> None:
         self.metrics.latency.observe(time.perf_counter() - start, tags={"route": route, "code": str(code)})
@@ -92,6 +94,7 @@ class Ingress:
             "model_source": self.cfg.model.label,
             "limits": self.cfg.limits.model_dump(),
             "defaults": self.cfg.defaults.model_dump(),
+            "presets": presets_info(self.cfg),
             "auth": bool(guard and guard.api_key),
             "ingress": {"replica": replica_id(), "pid": os.getpid()},
             "generator": generator,
@@ -100,3 +103,12 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "model_source": self.cfg.model.label}
+
+
+def presets_info(cfg: AppConfig) -> dict:
+    """The official presets by class, each with whether this deployment's limits allow it."""
+    out: dict[str, list[dict]] = {}
+    for p in PRESETS:
+        allowed = cfg.limits.allows(p.width, p.height)
+        out.setdefault(p.size_class, []).append({"size": p.size, "ratio": p.ratio, "allowed": allowed})
+    return out

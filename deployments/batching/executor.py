@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 from deployments.batching.oom_split import is_oom, run_with_oom_split
+from deployments.batching.policy import chunks_of
 from deployments.messages import GenerationResult, GenerationSpec
 from deployments.observability.metrics import GeneratorMetrics
 from deployments.pipeline.engine import ZImageEngine
@@ -23,11 +24,16 @@ class GroupExecutor:
         engine: ZImageEngine,
         metrics: GeneratorMetrics,
         replica: str,
-        on_batch_too_large: Callable[[int, int], None],
+        on_batch_too_large: Callable[[int, int, int], None],
+        max_batch_for_area: Callable[[int], int] = lambda area: 1 << 30,
     ):
-        """`on_batch_too_large(smallest_failed, largest_ok)`: a batch hit OOM although its items fit in smaller ones."""
+        """`on_batch_too_large(smallest_failed, largest_ok, area)`: a batch of `area`-pixel images hit OOM although
+        its items fit in smaller ones. `max_batch_for_area(area)`: the largest batch one pipeline call of that area
+        may hold (Serve's max_batch_size is one number for every shape; a group above its shape's cap runs in
+        chunks)."""
         self.engine, self.metrics, self.replica = engine, metrics, replica
         self.on_batch_too_large = on_batch_too_large
+        self.max_batch_for_area = max_batch_for_area
         self.fatal: BaseException | None = None  # a sticky CUDA error: the replica must be replaced
 
     @property
@@ -35,6 +41,18 @@ class GroupExecutor:
         return self.engine.cfg.model.label
 
     def run_group(self, specs: list[GenerationSpec]) -> list[GenerationResult]:
+        """One same-shape group, in chunks of that shape's max batch (read again before each chunk: an OOM in one
+        chunk lowers the next one's size)."""
+        results: list[GenerationResult] = []
+        area = specs[0].width * specs[0].height
+        rest = list(specs)
+        while rest:
+            (chunk,) = chunks_of(rest, self.max_batch_for_area(area))[:1]
+            rest = rest[len(chunk) :]
+            results += self._run_capped(chunk, area)
+        return results
+
+    def _run_capped(self, specs: list[GenerationSpec], area: int) -> list[GenerationResult]:
         try:
             outcome = run_with_oom_split(
                 specs,
@@ -45,7 +63,7 @@ class GroupExecutor:
         except Exception as exc:
             return self._failed(specs, exc)
         if outcome.largest_failed is not None:  # only OOMs of batches whose items all fit alone lower the cap
-            self.on_batch_too_large(outcome.largest_failed, max(outcome.sizes_run))
+            self.on_batch_too_large(outcome.largest_failed, max(outcome.sizes_run), area)
         if outcome.oom_splits:
             self.metrics.oom_splits.inc(outcome.oom_splits)
         return outcome.results

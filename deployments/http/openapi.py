@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from deployments.config import RequestLimits
 from deployments.http.errors import install_error_handlers
 from deployments.http.guards import GuardMiddleware
 from deployments.http.protocol import ErrorResponse
@@ -43,3 +44,42 @@ api = FastAPI(
 )
 install_error_handlers(api)
 api.add_middleware(GuardMiddleware)  # settings: configure_guard() in Ingress.__init__ (see guards.py for why)
+
+
+def document_limits(app: FastAPI, limits: RequestLimits) -> None:
+    """Put this deployment's size limits and the allowed presets into /openapi.json (the pydantic models cannot carry
+    them: limits come from serve_config.yaml)."""
+    from deployments.presets import PRESETS  # noqa: PLC0415 (keeps the module import light)
+
+    allowed = [p.size for p in PRESETS if limits.allows(p.width, p.height)]
+    side = {"minimum": limits.min_side, "maximum": limits.max_side, "multipleOf": limits.side_multiple}
+    area = f"width x height <= {limits.max_pixels} pixels"
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        comps = schema.get("components", {}).get("schemas", {})
+        for name in ("width", "height"):
+            prop = comps.get("GenerateRequest", {}).get("properties", {}).get(name)
+            if prop is not None:
+                prop.setdefault("description", "")
+                prop["description"] = f"Pixels: a multiple of {limits.side_multiple} in [{limits.min_side}, " + (
+                    f"{limits.max_side}]; {area}."
+                )
+                prop["x-limits"] = side
+        size = comps.get("ImagesRequest", {}).get("properties", {}).get("size")
+        if size is not None:
+            size["description"] = (
+                f"`WIDTHxHEIGHT` (sides multiples of {limits.side_multiple} in [{limits.min_side}, {limits.max_side}], "
+                f"{area}), a preset label such as `832x1248 ( 2:3 )`, or `auto`. A size outside the limits gets a "
+                "422 naming the nearest valid size. Official presets allowed here: " + (", ".join(allowed) or "none")
+            )
+            size["examples"] = allowed[:3] or ["auto"]
+        schema.setdefault("info", {})["x-limits"] = {**limits.model_dump(), "presets": allowed}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi_schema = None
+    app.openapi = openapi

@@ -5,16 +5,18 @@ Pure functions of (request, AppConfig): unit-tested without Ray (tests/unit/test
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 
-from deployments.config import DEFAULT_HUB_ID, AppConfig
+from deployments.config import DEFAULT_HUB_ID, AppConfig, RequestLimits
 from deployments.http.errors import InvalidRequest
 from deployments.http.image_encoding import ImageFormat
 from deployments.http.protocol import MAX_SEED, GenerateRequest, ImagesRequest, OutputEncoding
 from deployments.messages import GenerationSpec
 
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+# `1024x1024`, or a preset label as the official demo writes it: `832x1248 ( 2:3 )` (deployments/presets.py)
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})(?: ?\( ?\d{1,2}:\d{1,2} ?\))?$")
 
 
 def _check_prompt(prompt: str, cfg: AppConfig) -> str:
@@ -44,6 +46,75 @@ def _check_side(name: str, value: int, cfg: AppConfig) -> int:
     if value % lim.side_multiple:
         raise InvalidRequest(name, f"{name}={value} must be a multiple of {lim.side_multiple}", limit=lim.side_multiple)
     return value
+
+
+def _check_area(width: int, height: int, cfg: AppConfig) -> None:
+    lim = cfg.limits
+    if width * height > lim.max_pixels:
+        w, h = nearest_valid_size(width, height, lim)
+        message = (
+            f"width x height = {width}x{height} = {width * height} pixels is above the limit of {lim.max_pixels}; "
+            f"the nearest valid size is {w}x{h}"
+        )
+        raise InvalidRequest("width", message, limit={"max_pixels": lim.max_pixels, "nearest": f"{w}x{h}"})
+
+
+def nearest_valid_size(width: int, height: int, lim: RequestLimits) -> tuple[int, int]:
+    """The allowed size closest to `width`x`height`: sides rounded to the multiple and clamped to the side limits, then
+    scaled down at the same aspect ratio if the area is still above `max_pixels`."""
+    m = lim.side_multiple
+    lo, hi = -(-lim.min_side // m) * m, lim.max_side // m * m
+
+    def snap(v: float, down: bool = False) -> int:
+        q = math.floor(v / m) if down else math.floor(v / m + 0.5)
+        return min(max(q * m, lo), hi)
+
+    w, h = snap(width), snap(height)
+    if w * h > lim.max_pixels:
+        scale = math.sqrt(lim.max_pixels / (w * h))
+        w, h = snap(w * scale, down=True), snap(h * scale, down=True)
+        while w * h > lim.max_pixels:  # clamping to min_side can push the area back up: shrink the longer side
+            if w >= h and w > lo:
+                w -= m
+            elif h > lo:
+                h -= m
+            else:
+                break
+    return w, h
+
+
+def _size_limit(lim: RequestLimits, nearest: tuple[int, int]) -> dict:
+    return {
+        "side_multiple": lim.side_multiple,
+        "min_side": lim.min_side,
+        "max_side": lim.max_side,
+        "max_pixels": lim.max_pixels,
+        "nearest": f"{nearest[0]}x{nearest[1]}",
+    }
+
+
+def _check_size(size: str, cfg: AppConfig) -> tuple[int, int]:
+    """OpenAI `size`: `WIDTHxHEIGHT` or a preset label; a size the limits refuse gets a 422 naming the nearest one."""
+    m = _SIZE.match(size)
+    if not m:
+        raise InvalidRequest(
+            "size", f"size '{size[:40]}' must look like '1024x1024' or be 'auto'", limit="WIDTHxHEIGHT"
+        )
+    width, height = int(m[1]), int(m[2])
+    lim = cfg.limits
+    if lim.allows(width, height):
+        return width, height
+    reasons = []
+    if not all(lim.min_side <= v <= lim.max_side for v in (width, height)):
+        reasons.append(f"each side must be within [{lim.min_side}, {lim.max_side}]")
+    if width % lim.side_multiple or height % lim.side_multiple:
+        reasons.append(f"width and height must be multiples of {lim.side_multiple}")
+    if width * height > lim.max_pixels:
+        reasons.append(f"{width * height} pixels is above the limit of {lim.max_pixels}")
+    why = ", and ".join(reasons)
+    nearest = nearest_valid_size(width, height, lim)
+    message = f"size '{width}x{height}' is not allowed: {why}; the nearest valid size is {nearest[0]}x{nearest[1]}"
+    raise InvalidRequest("size", message, limit=_size_limit(lim, nearest))
 
 
 def _check_steps(steps: int | None, cfg: AppConfig) -> int:
@@ -89,6 +160,7 @@ def output_encoding(req: OutputEncoding) -> tuple[ImageFormat, int | None]:
 def specs_from_generate(req: GenerateRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:
     width = _check_side("width", cfg.defaults.width if req.width is None else req.width, cfg)
     height = _check_side("height", cfg.defaults.height if req.height is None else req.height, cfg)
+    _check_area(width, height, cfg)
     return [
         GenerationSpec(
             prompt=_check_prompt(req.prompt, cfg),
@@ -116,12 +188,7 @@ def specs_from_images(req: ImagesRequest, cfg: AppConfig, request_id: str) -> li
     if req.size in (None, "auto"):
         width, height = cfg.defaults.width, cfg.defaults.height
     else:
-        m = _SIZE.match(req.size)
-        if not m:
-            raise InvalidRequest(
-                "size", f"size '{req.size[:40]}' must look like '1024x1024' or be 'auto'", limit="WIDTHxHEIGHT"
-            )
-        width, height = _check_side("width", int(m[1]), cfg), _check_side("height", int(m[2]), cfg)
+        width, height = _check_size(req.size, cfg)
     prompt, steps, seed = (
         _check_prompt(req.prompt, cfg),
         _check_steps(req.num_inference_steps, cfg),

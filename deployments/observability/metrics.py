@@ -113,6 +113,11 @@ class GeneratorMetrics:
         self.max_batch_size = StateGauge(
             "zimage_max_batch_size", description="Current effective max batch size of the replica."
         )
+        self.max_batch_by_shape = StateGauge(
+            "zimage_max_batch_by_shape",
+            description="Max batch of one image shape: min(tier, memory cap and OOM cap for its area).",
+            tag_keys=("shape",),
+        )
         self.tier_vram_gb = StateGauge(
             "zimage_tier_vram_gb", description="GPU memory (GB) the tier was chosen from (0 on CPU)."
         )

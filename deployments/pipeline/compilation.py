@@ -17,6 +17,7 @@ from diffusers import ZImagePipeline
 
 from deployments.config import MemoryMode, RequestLimits
 from deployments.pipeline.real_rope import use_real_rope
+from deployments.presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +64,29 @@ def second_warm_up_side(limits: RequestLimits, seen: int) -> int | None:
     (46 s on an H100 with an empty cache), after which no size recompiles."""
     side = limits.min_side if limits.min_side != seen else limits.max_side
     return None if side == seen else side
+
+
+def warm_up_shapes(
+    setting: str | list[str], limits: RequestLimits, seen: set[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The sizes a compiled replica runs once at start-up, in order, without those already run (`seen`):
+
+    - `presets`: every official preset (deployments/presets.py) the limits allow;
+    - a list of `WIDTHxHEIGHT`: those the limits allow;
+    - `none`: only a second size (the compiled VAE decoder's one recompile to dynamic height/width).
+
+    Whatever the setting, a second size is included when only one was seen, so the decoder's recompile never lands
+    on a request."""
+    if setting == "presets":
+        wanted = [(p.width, p.height) for p in PRESETS]
+    elif setting == "none":
+        wanted = []
+    else:
+        wanted = [tuple(int(v) for v in size.split("x")) for size in setting]
+    out = list(dict.fromkeys(s for s in wanted if limits.allows(*s) and s not in seen))
+    if not out and len(seen) == 1:
+        ((w, _),) = seen
+        side = second_warm_up_side(limits, w)
+        if side is not None and (side, side) not in seen:
+            out.append((side, side))
+    return out

@@ -8,14 +8,19 @@ import time
 
 import torch
 
-from deployments.batching.policy import MemoryClamp
+from deployments.batching.policy import AreaMemoryModel, MemoryClamp
 from deployments.config import AppConfig, MemoryMode
 from deployments.observability.gpu_info import GpuInfo
-from deployments.pipeline.compilation import compile_dit, second_warm_up_side
+from deployments.pipeline.compilation import compile_dit, warm_up_shapes
 from deployments.pipeline.fp8 import fp8_supported, quantize_dit_fp8
 from deployments.pipeline.loading import PipelineFactory
 from deployments.pipeline.memory_modes import place_pipeline
-from deployments.pipeline.memory_probe import measure_memory_clamp
+from deployments.pipeline.memory_probe import (
+    emulated_run_peaks,
+    measure_area_memory,
+    measure_memory_model,
+    probe_sides,
+)
 from deployments.pipeline.runner import BatchOutput, Shape, ZImageRunner
 from deployments.pipeline.text_encoder_check import prepare_prompt_encoder
 
@@ -31,7 +36,9 @@ class ZImageEngine:
         self.encoder_info: dict = {}
         self.ready_s: float | None = None
         self.memory_clamp: dict[str, MemoryClamp] = {}
-        self.memory_cap: int | None = None
+        self.memory_cap: int | None = None  # at the largest allowed area
+        self.memory_model: AreaMemoryModel | None = None  # per image area
+        self.warm_up_info: dict = {}
         self.vram_gb = gpu.total_gb if gpu else None
         self.emulated_vram_gb = cfg.testing.emulate_vram_gb if gpu else None
         if self.emulated_vram_gb:
@@ -76,9 +83,9 @@ class ZImageEngine:
         if compiled:
             compile_dit(pipe, mode, self.cfg.compile_cache_dir, vae=self.cfg.compile_vae)
         self.encoder_info = prepare_prompt_encoder(self.runner.prompt_encoder, pipe, max_batch)
-        self._warm_up_and_measure()
+        seen = self._warm_up_and_measure()
         if compiled:
-            self._warm_second_size()
+            self._warm_up_sizes(seen)
         self.ready_s = time.perf_counter() - start
         logger.info(
             "%s ready on %s (%s%s) in %.1fs",
@@ -101,29 +108,41 @@ class ZImageEngine:
             )
         return quantize_dit_fp8(pipe.transformer)
 
-    def _warm_up_and_measure(self) -> None:
-        """On a GPU the memory probe is the warm-up (it runs the largest size); elsewhere one default-size batch."""
+    def _warm_up_and_measure(self) -> set[tuple[int, int]]:
+        """On a GPU the memory probe is the warm-up (batch 1 and 2 at the largest and a small area); elsewhere one
+        default-size batch. Returns the sizes that ran."""
         lim, d = self.cfg.limits, self.cfg.defaults
-        if not self.on_gpu or not self.cfg.testing.measure_memory:
-            self.memory_clamp, self.memory_cap = {}, None
-            self.runner.run(["warm-up"], [0], Shape(d.width, d.height, 1))
-            return
         what = f"{self.cfg.model.label} in mode {self.mode.value}"
-        self.memory_clamp, self.memory_cap = measure_memory_clamp(
-            self.runner, lim.max_side, self.cfg.memory_margin_gb, self.emulated_vram_gb, what
-        )
+        self.memory_clamp, self.memory_cap, self.memory_model = {}, None, None
+        emulated = self.cfg.testing.emulate_memory
+        if self.on_gpu and self.cfg.testing.measure_memory and emulated is None:
+            model = measure_memory_model(self.runner, lim, self.cfg.memory_margin_gb, self.emulated_vram_gb, what)
+            self._set_memory_model(model)
+            return {(s, s) for s in probe_sides(lim)}
+        self.runner.run(["warm-up"], [0], Shape(d.width, d.height, 1))
+        if emulated is not None:  # tests: the per-area cap from a linear memory model, nothing measured
+            self._set_memory_model(measure_area_memory(emulated_run_peaks(emulated), lim, emulated.budget_bytes, what))
+        return {(d.width, d.height)}
 
-    def _warm_second_size(self) -> None:
-        """Compiled code first specializes to the one image size it has seen; the next size makes Dynamo recompile
-        with dynamic height/width, once. Doing it here (one step at another allowed size) keeps that recompile out of
-        the first request at a new size."""
-        lim, d = self.cfg.limits, self.cfg.defaults
-        side = second_warm_up_side(lim, seen=lim.max_side if self.cfg.testing.measure_memory else d.width)
-        if side is None:
-            return
+    def _set_memory_model(self, model: AreaMemoryModel) -> None:
+        self.memory_model = model
+        self.memory_clamp = dict(model.large)
+        self.memory_cap = model.max_batch(model.large_area)
+
+    def _warm_up_sizes(self, seen: set[tuple[int, int]]) -> None:
+        """Compiled code specializes to the sizes it has seen; a new size makes Dynamo recompile (the VAE decoder at
+        least once, with dynamic height/width). Running each size of `warm_up_sizes` once here (batch 1, 1 step)
+        keeps those compiles out of the requests."""
+        shapes = warm_up_shapes(self.cfg.warm_up_sizes, self.cfg.limits, seen)
         start = time.perf_counter()
-        self.runner.run(["warm-up"], [0], Shape(side, side, 1))
-        logger.info("warmed up a second image size (%dx%d) in %.1fs", side, side, time.perf_counter() - start)
+        per_size = {}
+        for w, h in shapes:
+            t0 = time.perf_counter()
+            self.runner.run(["warm-up"], [0], Shape(w, h, 1))
+            per_size[f"{w}x{h}"] = round(time.perf_counter() - t0, 3)
+        total = time.perf_counter() - start
+        self.warm_up_info = {"setting": self.cfg.warm_up_sizes, "seconds": round(total, 2), "per_size_s": per_size}
+        logger.info("warmed up %d image sizes in %.1fs: %s", len(shapes), total, per_size)
 
     def run(self, prompts: list[str], seeds: list[int], shape: Shape) -> BatchOutput:
         return self.runner.run(prompts, seeds, shape)

@@ -1,16 +1,25 @@
-"""Cap the batch size by measured peak memory: run batch 1 and 2 at the largest allowed size, fit a line per stage."""
+"""Cap the batch size of every image area by measured peak memory: batch 1 and 2 at the largest allowed area and at a
+small one, a line per stage over the batch at each, interpolated over the area (batching/policy.py AreaMemoryModel)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
 from deployments.batching.oom_split import is_oom
-from deployments.batching.policy import MemoryClamp
+from deployments.batching.policy import AreaMemoryModel, MemoryClamp
+from deployments.config import EmulatedMemory, RequestLimits
 from deployments.pipeline.runner import Shape, ZImageRunner
 
 logger = logging.getLogger("ray.serve")
+
+# Peak memory does not depend on the step count: 2 steps measure it (and compile the batch-1 and batch>1 graphs)
+PROBE_STEPS = 2
+SMALL_PROBE_SIDE = 512  # the small area measured (or min_side when larger): Z-Image's smallest trained size
+
+RunPeaks = Callable[[int, Shape], dict[str, int]]
 
 
 def usable_capacity_bytes(emulated_vram_gb: float | None) -> int:
@@ -22,38 +31,69 @@ def usable_capacity_bytes(emulated_vram_gb: float | None) -> int:
     return free + torch.cuda.memory_reserved()
 
 
-def measure_memory_clamp(
-    runner: ZImageRunner, side: int, margin_gb: float, emulated_vram_gb: float | None, what: str
-) -> tuple[dict[str, MemoryClamp], int]:
-    """Per-stage clamps and the batch cap they allow. Batch 1 must fit (else the replica cannot serve: raise);
-    an OOM at batch 2 caps the batch at 1. Peak memory does not depend on the step count, so 2 steps suffice."""
-    shape = Shape(side, side, 2)
-    peaks: list[dict[str, int] | None] = []
-    for b in (1, 2):
+def probe_sides(limits: RequestLimits) -> tuple[int, int]:
+    """(small, large) square sides measured: the largest allowed square, and 512 (or the smallest side above it)."""
+    large = limits.largest_square()
+    m = limits.side_multiple
+    small = max(-(-limits.min_side // m) * m, SMALL_PROBE_SIDE)
+    return min(small, large), large
+
+
+def measure_area_memory(run_peaks: RunPeaks, limits: RequestLimits, budget_bytes: int, what: str) -> AreaMemoryModel:
+    """Batch 1 and 2 at the small and the large side. Batch 1 at the largest area must fit (else this card cannot
+    serve the configured limits: raise, naming `limits.max_pixels`); an OOM at batch 2 caps that area at 1."""
+    small_side, large_side = probe_sides(limits)
+    clamps: dict[int, dict[str, MemoryClamp]] = {}
+    for side in dict.fromkeys((large_side, small_side)):
+        shape = Shape(side, side, PROBE_STEPS)
+        peaks: list[dict[str, int] | None] = []
+        for b in (1, 2):
+            try:
+                peaks.append(run_peaks(b, shape))
+            except Exception as exc:
+                if not is_oom(exc) or b == 1:
+                    hint = " (lower limits.max_pixels / max_side for this card)" if is_oom(exc) else ""
+                    raise RuntimeError(f"{what}: batch {b} at {side}x{side} failed{hint}: {exc}") from exc
+                peaks.append(None)
+        p1, p2 = peaks
+        # batch 2 out of memory: a per-image growth of the whole budget caps this area at 1
+        clamps[side] = {k: MemoryClamp(p1[k], p2[k] if p2 else p1[k] + budget_bytes, budget_bytes) for k in p1}
+        logger.info(
+            "memory at %dx%d: stage peaks GB @1 %s, @2 %s; budget %.2f GB -> cap %d",
+            side,
+            side,
+            {k: round(v / 1e9, 2) for k, v in p1.items()},
+            {k: round(v / 1e9, 2) for k, v in p2.items()} if p2 else "OOM",
+            budget_bytes / 1e9,
+            min((c.max_batch for c in clamps[side].values()), default=1),
+        )
+    return AreaMemoryModel(small_side**2, large_side**2, clamps[small_side], clamps[large_side])
+
+
+def gpu_run_peaks(runner: ZImageRunner) -> RunPeaks:
+    def run(batch: int, shape: Shape) -> dict[str, int]:
         torch.cuda.empty_cache()
         try:
-            peaks.append(runner.run(["warm-up"] * b, list(range(b)), shape).stage_peak_bytes)
-        except Exception as exc:
-            if not is_oom(exc) or b == 1:
-                raise RuntimeError(f"{what}: batch {b} at {side}x{side} failed: {exc}") from exc
-            peaks.append(None)
+            return runner.run(["warm-up"] * batch, list(range(batch)), shape).stage_peak_bytes
+        finally:
+            torch.cuda.empty_cache()
+
+    return run
+
+
+def emulated_run_peaks(mem: EmulatedMemory) -> RunPeaks:
+    """Tests: a linear memory model instead of a GPU's measured peaks (nothing runs)."""
+
+    def run(batch: int, shape: Shape) -> dict[str, int]:
+        return {"denoise": int(mem.fixed_bytes + batch * shape.width * shape.height * mem.bytes_per_pixel)}
+
+    return run
+
+
+def measure_memory_model(
+    runner: ZImageRunner, limits: RequestLimits, margin_gb: float, emulated_vram_gb: float | None, what: str
+) -> AreaMemoryModel:
+    """On the GPU: the per-area model under the card's usable memory minus `margin_gb`."""
     torch.cuda.empty_cache()
-    capacity = usable_capacity_bytes(emulated_vram_gb)
-    budget = capacity - int(margin_gb * 1e9)
-    if peaks[1] is None:
-        clamp, cap = {}, 1
-    else:  # peak(b) = max over stages of a line fitted per stage; the cap keeps every stage under the budget
-        clamp = {k: MemoryClamp(peaks[0][k], peaks[1][k], budget) for k in peaks[0]}
-        cap = min(c.max_batch for c in clamp.values())
-    logger.info(
-        "memory clamp at %dx%d: stage peaks GB @1 %s, @2 %s; budget %.2f GB (capacity %.2f - margin %.2f) -> cap %d",
-        side,
-        side,
-        {k: round(v / 1e9, 2) for k, v in peaks[0].items()},
-        {k: round(v / 1e9, 2) for k, v in peaks[1].items()} if peaks[1] else "OOM",
-        budget / 1e9,
-        capacity / 1e9,
-        margin_gb,
-        cap,
-    )
-    return clamp, cap
+    budget = usable_capacity_bytes(emulated_vram_gb) - int(margin_gb * 1e9)
+    return measure_area_memory(gpu_run_peaks(runner), limits, budget, what)

@@ -80,15 +80,34 @@ def test_generate_sides(kw, param, limit):
         ("256*256", "size", "WIDTHxHEIGHT"),
         ("-256x256", "size", "WIDTHxHEIGHT"),
         ("123456x256", "size", "WIDTHxHEIGHT"),
-        ("100x256", "width", SIDES),
-        ("256x1000", "height", SIDES),
-        ("260x256", "width", 16),
-        ("256x500", "height", 16),
     ],
 )
 def test_images_size_parsing(size, param, limit):
     err = _refused(_img, size=size)
     assert (err.param, err.limit) == (param, limit)
+
+
+@pytest.mark.parametrize(
+    ("size", "nearest", "why"),
+    [
+        ("100x256", "256x256", "within [256, 512]"),
+        ("256x1000", "256x512", "within [256, 512]"),
+        ("260x256", "256x256", "multiples of 16"),
+        ("256x500", "256x496", "multiples of 16"),
+        ("1000x1000", "512x512", "multiples of 16"),
+    ],
+)
+def test_a_refused_size_names_the_nearest_valid_one(size, nearest, why):
+    err = _refused(_img, size=size)
+    assert err.param == "size" and err.limit["nearest"] == nearest and why in err.message
+    assert nearest in err.message
+    assert {k: err.limit[k] for k in ("side_multiple", "min_side", "max_side")} == {
+        "side_multiple": 16,
+        "min_side": 256,
+        "max_side": 512,
+    }
+    (spec,) = _img(size=nearest)  # and the nearest one is accepted
+    assert f"{spec.width}x{spec.height}" == nearest
 
 
 @pytest.mark.parametrize(("n", "ok"), [(0, False), (1, True), (4, True), (5, False), (-1, False)])
