@@ -18,47 +18,67 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models import prometheus as prom_m
 
-from monitoring.panels import ROWS, PanelSpec
+from monitoring.panels import DCGM_POD_ALL, DCGM_ROWS, ROWS, PanelSpec, RowSpec
 
 logger = logging.getLogger(__name__)
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 UID = "zimage-serve"
+DCGM_UID = "zimage-serve-dcgm"
 DATASOURCE = dashboard.DataSourceRef(type_val="prometheus", uid="${datasource}")
 PANEL_HEIGHT = 8
+
+
+def _query_var(name: str, query: str, description: str, all_value: str = ".*") -> dash_b.QueryVariable:
+    return (
+        dash_b.QueryVariable(name)
+        .label(name)
+        .description(description)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
+        .include_all(True)
+        .all_value(all_value)
+        .multi(True)
+        .current(dashboard.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+
+
+def _dcgm_variables() -> list:
+    """datasource, Namespace, Pod: dcgm-exporter series carry the pod using the GPU, not Ray's labels."""
+    return [
+        dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        _query_var(
+            "Namespace",
+            "label_values(DCGM_FI_DEV_GPU_UTIL, namespace)",
+            "Namespace of the RayService (the `namespace` or `exported_namespace` label of dcgm-exporter's series).",
+        ),
+        _query_var(
+            "Pod",
+            f'label_values(DCGM_FI_DEV_GPU_UTIL{{namespace=~"$Namespace", pod=~"{DCGM_POD_ALL}"}}, pod)',
+            "GPU worker pod; All = this RayService's workers.",
+            all_value=DCGM_POD_ALL,
+        ),
+    ]
 
 
 def _variables() -> list:
     """datasource, Cluster, Application, Replica - the names Ray's own Serve dashboards use (KubeRay-friendly)."""
 
-    def query_var(name: str, query: str, description: str) -> dash_b.QueryVariable:
-        return (
-            dash_b.QueryVariable(name)
-            .label(name)
-            .description(description)
-            .datasource(DATASOURCE)
-            .query(query)
-            .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
-            .include_all(True)
-            .all_value(".*")
-            .multi(True)
-            .current(dashboard.VariableOption(selected=True, text=["All"], value=["$__all"]))
-        )
-
     return [
         dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        query_var(
+        _query_var(
             "Cluster",
             "label_values(ray_serve_deployment_replica_healthy, ray_io_cluster)",
             "Ray cluster (the ray_io_cluster label that KubeRay's PodMonitor adds; empty without KubeRay).",
         ),
-        query_var(
+        _query_var(
             "Application",
             'label_values(ray_serve_deployment_replica_healthy{ray_io_cluster=~"$Cluster"}, application)',
             "Serve application (zimage by default).",
         ),
-        query_var(
+        _query_var(
             "Replica",
             'label_values(ray_zimage_max_batch_size{ray_io_cluster=~"$Cluster", application=~"$Application"}, replica)',
             "Generator replica.",
@@ -113,23 +133,44 @@ def _panel(spec: PanelSpec):
 
 def build() -> dict:
     """The dashboard as the JSON dict Grafana stores (and `python -m monitoring.upload` sends)."""
+    return _build(
+        UID,
+        "Z-Image-Turbo on Ray Serve",
+        "Throughput, latency, queue, batching against the VRAM-tier max, replicas, and GPU activity of the "
+        "Z-Image-Turbo Serve app. Metrics: Ray Serve's ray_serve_* and the app's ray_zimage_*.",
+        ROWS,
+        _variables(),
+    )
+
+
+def build_dcgm() -> dict:
+    """The DCGM variant of the GPU panels, for clusters whose GPU operator runs dcgm-exporter."""
+    return _build(
+        DCGM_UID,
+        "Z-Image-Turbo GPUs (dcgm-exporter)",
+        "GPU activity, memory, power and temperature of the Z-Image-Turbo GPU workers from NVIDIA's dcgm-exporter "
+        "(DCGM_FI_*), for Kubernetes clusters with the GPU operator; the main dashboard's GPU row reads the "
+        "replicas' own NVML sampler instead.",
+        DCGM_ROWS,
+        _dcgm_variables(),
+    )
+
+
+def _build(uid: str, title: str, description: str, rows: tuple[RowSpec, ...], variables: list) -> dict:
     d = (
-        dash_b.Dashboard("Z-Image-Turbo on Ray Serve")
-        .uid(UID)
-        .description(
-            "Throughput, latency, queue, batching against the VRAM-tier max, replicas, and GPU activity of the "
-            "Z-Image-Turbo Serve app. Metrics: Ray Serve's ray_serve_* and the app's ray_zimage_*."
-        )
+        dash_b.Dashboard(title)
+        .uid(uid)
+        .description(description)
         .tags(["ray-serve", "z-image", "text-to-image"])
         .editable()
         .tooltip(dashboard.DashboardCursorSync.CROSSHAIR)
         .refresh("30s")
         .time("now-1h", "now")
         .timezone("browser")
-        .variables(_variables())
+        .variables(variables)
     )
     panel_id = 0
-    for row in ROWS:  # stable ids: links like /d/zimage-serve?viewPanel=N keep working across regenerations
+    for row in rows:  # stable ids: links like /d/zimage-serve?viewPanel=N keep working across regenerations
         panel_id += 1
         d = d.with_row(dash_b.Row(row.title).id(panel_id))
         for spec in row.panels:
@@ -140,7 +181,10 @@ def build() -> dict:
 
 def render() -> dict[Path, str]:
     """File -> JSON text, exactly as committed under monitoring/dashboards/."""
-    return {DASHBOARD_DIR / f"{UID}.json": json.dumps(build(), indent=2, sort_keys=True) + "\n"}
+    return {
+        DASHBOARD_DIR / f"{uid}.json": json.dumps(d, indent=2, sort_keys=True) + "\n"
+        for uid, d in ((UID, build()), (DCGM_UID, build_dcgm()))
+    }
 
 
 def main() -> None:

@@ -303,3 +303,74 @@ GPU = RowSpec(
 )
 
 ROWS: tuple[RowSpec, ...] = (TRAFFIC, LATENCY, BATCHING, REPLICAS, GPU)
+
+# ---- DCGM variant: the same GPU questions answered by NVIDIA's dcgm-exporter (GPU operator) -------------------------
+# dcgm-exporter labels each GPU's series with the pod using it: `pod`/`namespace` when Prometheus honours the
+# exporter's labels, `exported_pod`/`exported_namespace` when it does not (a ServiceMonitor without honorLabels: the
+# target's own pod/namespace win). Every query reads both and reports `pod`. "All" pods means this RayService's GPU
+# workers (KubeRay names them <rayservice>-<hash>-<group>-worker-<hash>).
+DCGM_POD_ALL = "zimage-.*-worker-.*"
+_DCGM_OWN = 'namespace=~"$Namespace", pod=~"$Pod", exported_pod=""'
+_DCGM_EXPORTED = 'exported_namespace=~"$Namespace", exported_pod=~"$Pod"'
+
+
+def _dcgm(metric: str, rate: bool = False) -> str:
+    """One series per (pod, gpu) from either labelling; `rate`: of a counter, per second."""
+
+    def sel(labels: str) -> str:
+        return f"rate({metric}{{{labels}}}[{RATE}])" if rate else f"{metric}{{{labels}}}"
+
+    return (
+        f"max by (pod, gpu) ({sel(_DCGM_OWN)}"
+        f' or label_replace({sel(_DCGM_EXPORTED)}, "pod", "$1", "exported_pod", "(.+)"))'
+    )
+
+
+DCGM_GPU = RowSpec(
+    "GPU (dcgm-exporter, per GPU worker pod)",
+    (
+        PanelSpec(
+            "GPU busy (DCGM): utilization vs SM and tensor activity",
+            "DCGM_FI_DEV_GPU_UTIL is the share of time any kernel ran; the profiling fields SM active, SM occupancy "
+            "and tensor-pipe active (DCGM_FI_PROF_*, datacenter GPUs) show how much of the chip worked.",
+            (
+                Query(f"{_dcgm('DCGM_FI_DEV_GPU_UTIL')} / 100", "util {{pod}} gpu {{gpu}}"),
+                Query(_dcgm("DCGM_FI_PROF_SM_ACTIVE"), "SM active {{pod}} gpu {{gpu}}"),
+                Query(_dcgm("DCGM_FI_PROF_SM_OCCUPANCY"), "SM occupancy {{pod}} gpu {{gpu}}"),
+                Query(_dcgm("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"), "tensor active {{pod}} gpu {{gpu}}"),
+            ),
+            unit="percentunit",
+            max=1,
+        ),
+        PanelSpec(
+            "VRAM used / total (DCGM)",
+            "Framebuffer used and used + free (dcgm-exporter reports MiB), all processes on the GPU.",
+            (
+                Query(f"{_dcgm('DCGM_FI_DEV_FB_USED')} * 1048576", "used {{pod}} gpu {{gpu}}"),
+                Query(
+                    f"({_dcgm('DCGM_FI_DEV_FB_USED')} + {_dcgm('DCGM_FI_DEV_FB_FREE')}) * 1048576",
+                    "total {{pod}} gpu {{gpu}}",
+                ),
+            ),
+            unit="bytes",
+        ),
+        PanelSpec(
+            "Power (DCGM)",
+            "Power draw (DCGM_FI_DEV_POWER_USAGE) and the average over the interval from the energy counter "
+            "(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ).",
+            (
+                Query(_dcgm("DCGM_FI_DEV_POWER_USAGE"), "now {{pod}} gpu {{gpu}}"),
+                Query(f"{_dcgm('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION', rate=True)} / 1000", "avg {{pod}} gpu {{gpu}}"),
+            ),
+            unit="watt",
+        ),
+        PanelSpec(
+            "Temperature (DCGM)",
+            "GPU die temperature (DCGM_FI_DEV_GPU_TEMP): sustained heat throttles clocks and throughput.",
+            (Query(_dcgm("DCGM_FI_DEV_GPU_TEMP"), "{{pod}} gpu {{gpu}}"),),
+            unit="celsius",
+        ),
+    ),
+)
+
+DCGM_ROWS: tuple[RowSpec, ...] = (DCGM_GPU,)

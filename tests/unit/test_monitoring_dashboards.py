@@ -44,7 +44,11 @@ def test_targets_grafana_11_with_datasource_variable():
     for d in _committed().values():
         assert d["schemaVersion"] == 41  # grafana-foundation-sdk 11.6 build
         names = [v["name"] for v in d["templating"]["list"]]
-        assert names == ["datasource", "Cluster", "Application", "Replica"]
+        expected = {
+            dashboard.UID: ["datasource", "Cluster", "Application", "Replica"],
+            dashboard.DCGM_UID: ["datasource", "Namespace", "Pod"],
+        }
+        assert names == expected[d["uid"]]
         for title, t in _targets(d):
             assert t["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
         ids = [p["id"] for p in d["panels"]]
@@ -55,12 +59,33 @@ def test_every_selector_follows_ray_label_conventions():
     """Each metric selector filters on application and ray_io_cluster (KubeRay), like Ray's own dashboards."""
     selector = re.compile(r"\b(ray_[a-z_]+)\{([^}]*)\}")
     for d in _committed().values():
+        if d["uid"] == dashboard.DCGM_UID:
+            continue  # dcgm-exporter's series: test_dcgm_selectors_filter_on_the_workers_pods
         for title, t in _targets(d):
             found = selector.findall(t["expr"])
             assert found, f"{title}: no metric selector in {t['expr']}"
             for metric, labels in found:
                 assert 'application=~"$Application"' in labels, f"{title}: {metric} lacks the Application filter"
                 assert 'ray_io_cluster=~"$Cluster"' in labels, f"{title}: {metric} lacks the Cluster filter"
+
+
+def test_dcgm_selectors_filter_on_the_workers_pods():
+    """Every DCGM_FI_* selector filters on Namespace and Pod, in both of dcgm-exporter's labellings."""
+    (d,) = [d for d in _committed().values() if d["uid"] == dashboard.DCGM_UID]
+    selector = re.compile(r"\b(DCGM_FI_[A-Z_]+)\{([^}]*)\}")
+    names = set()
+    for title, t in _targets(d):
+        found = selector.findall(t["expr"])
+        assert found and len(found) % 2 == 0, f"{title}: {t['expr']}"
+        for metric, labels in found:
+            names.add(metric)
+            own = 'namespace=~"$Namespace", pod=~"$Pod"' in labels
+            exported = 'exported_namespace=~"$Namespace", exported_pod=~"$Pod"' in labels
+            assert own != exported, f"{title}: {metric} {{{labels}}}"
+    # The fields the GPU operator's default dcgm-exporter config collects (profiling fields on datacenter GPUs).
+    assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_SM_ACTIVE", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"} <= names
+    pod = next(v for v in d["templating"]["list"] if v["name"] == "Pod")
+    assert pod["allValue"] == dashboard.DCGM_POD_ALL
 
 
 def test_app_metric_names_are_declared_in_deployments_metrics():
