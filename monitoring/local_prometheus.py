@@ -78,19 +78,23 @@ class LocalPrometheus:
                 self.proc.kill()
 
 
-def start_prometheus(workdir: Path, port: int, sd_file: Path, scrape_interval: str = "1s") -> LocalPrometheus:
-    """Start Prometheus on 127.0.0.1:`port` with its TSDB in `workdir`; waits until /-/ready."""
+def start_prometheus(
+    workdir: Path, port: int, sd_file: Path | None, scrape_interval: str = "1s", config: dict | None = None
+) -> LocalPrometheus:
+    """Start Prometheus on 127.0.0.1:`port` with its TSDB in `workdir`; waits until /-/ready.
+
+    `config` replaces the committed config (then `sd_file` is unused), e.g. to scrape recorded series."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise RuntimeError("no `prometheus` binary on PATH (Debian/Ubuntu: apt-get install prometheus)")
     workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(render_config(sd_file, scrape_interval)))
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config or render_config(sd_file, scrape_interval)))
     log_path = workdir / "prometheus.log"
     proc = subprocess.Popen(
         [
             binary,
-            f"--config.file={config}",
+            f"--config.file={config_path}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=1d",

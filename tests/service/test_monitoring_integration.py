@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from monitoring import dashboard_queries
+from monitoring import dashboard, dashboard_queries
 from monitoring.local_prometheus import ray_metrics_targets, start_prometheus, write_sd_file
 from tests import serve_harness
 from tests.fakes import WrappingFactory
@@ -151,7 +151,7 @@ def test_load_mixed_ok_bad_and_overloaded(loaded):
 
 def test_every_dashboard_query_returns_data(loaded):
     prom, start, end, *_ = loaded
-    queries = dashboard_queries.load()
+    queries = dashboard_queries.load(uid=dashboard.UID)  # the DCGM dashboard: tests/unit/test_monitoring_dcgm.py
     titles = {q.panel for q in queries}
     assert GPU_ONLY_PANELS <= titles, f"stale exemption list: {GPU_ONLY_PANELS - titles}"
     targets = {(q.panel, q.ref_id) for q in queries}
@@ -169,7 +169,7 @@ def test_every_dashboard_query_returns_data(loaded):
 def test_variables_resolve(loaded):
     prom, *_ = loaded
     found = {}
-    for name, query in dashboard_queries.variable_queries().items():
+    for name, query in dashboard_queries.variable_queries(uid=dashboard.UID).items():
         m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
         assert m, query
         match = m.group(1).replace("$Cluster", ".*").replace("$Application", ".*")
