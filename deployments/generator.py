@@ -28,7 +28,7 @@ from deployments.observability.replica_gpu_metrics import start_replica_gpu_metr
 from deployments.pipeline.devices import resolve_device, resolve_dtype
 from deployments.pipeline.engine import ZImageEngine
 from deployments.pipeline.loading import PipelineFactory, load_pipeline
-from deployments.presets import PRESETS
+from deployments.presets import shown_shapes
 
 logger = logging.getLogger("ray.serve")
 
@@ -171,13 +171,3 @@ class ZImageGenerator:
     def check_health(self) -> None:
         if self.executor.fatal is not None:
             raise RuntimeError(f"replica unhealthy after CUDA error: {self.executor.fatal}")
-
-
-def shown_shapes(cfg: AppConfig) -> tuple[tuple[int, int], ...]:
-    """Shapes whose max batch /info lists: the smallest and largest squares, the default size, and the square of each
-    preset class the limits allow."""
-    lim, d = cfg.limits, cfg.defaults
-    squares = [(lim.min_side, lim.min_side), (d.width, d.height)]
-    squares += [(p.width, p.height) for p in PRESETS if p.width == p.height and lim.allows(p.width, p.height)]
-    squares.append((lim.largest_square(), lim.largest_square()))
-    return tuple(sorted(dict.fromkeys(squares), key=lambda s: s[0] * s[1]))

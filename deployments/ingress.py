@@ -23,7 +23,7 @@ from deployments.http.serving import GenerationClient, result_headers
 from deployments.http.validation import output_encoding, specs_from_generate, specs_from_images
 from deployments.observability.metrics import IngressMetrics
 from deployments.observability.replica import replica_id
-from deployments.presets import PRESETS
+from deployments.presets import presets_info
 
 
 @serve.ingress(api)
@@ -94,7 +94,7 @@ class Ingress:
             "model_source": self.cfg.model.label,
             "limits": self.cfg.limits.model_dump(),
             "defaults": self.cfg.defaults.model_dump(),
-            "presets": presets_info(self.cfg),
+            "presets": presets_info(self.cfg.limits),
             "auth": bool(guard and guard.api_key),
             "ingress": {"replica": replica_id(), "pid": os.getpid()},
             "generator": generator,
@@ -103,12 +103,3 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "model_source": self.cfg.model.label}
-
-
-def presets_info(cfg: AppConfig) -> dict:
-    """The official presets by class, each with whether this deployment's limits allow it."""
-    out: dict[str, list[dict]] = {}
-    for p in PRESETS:
-        allowed = cfg.limits.allows(p.width, p.height)
-        out.setdefault(p.size_class, []).append({"size": p.size, "ratio": p.ratio, "allowed": allowed})
-    return out

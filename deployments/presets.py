@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deployments.config import AppConfig, RequestLimits
 
 # class -> "WIDTHxHEIGHT ( RATIO )", in the demo's order
 RES_CHOICES: dict[str, tuple[str, ...]] = {
@@ -80,3 +84,24 @@ def _parse(size_class: str, label: str) -> Preset:
 
 
 PRESETS: tuple[Preset, ...] = tuple(_parse(c, label) for c, labels in RES_CHOICES.items() for label in labels)
+
+
+def presets_info(limits: RequestLimits) -> dict[str, list[dict]]:
+    """The presets by class, each with whether these limits allow it (/info)."""
+    out: dict[str, list[dict]] = {}
+    for p in PRESETS:
+        out.setdefault(p.size_class, []).append(
+            {"size": p.size, "ratio": p.ratio, "allowed": limits.allows(p.width, p.height)}
+        )
+    return out
+
+
+def shown_shapes(cfg: AppConfig) -> tuple[tuple[int, int], ...]:
+    """Shapes whose max batch /info lists: the smallest square, 512x512, the default size, the square of each preset
+    class, and the largest square, where the limits allow them."""
+    lim, d = cfg.limits, cfg.defaults
+    side = lim.largest_square()
+    squares = [(lim.min_side, lim.min_side), (512, 512), (d.width, d.height)]
+    squares += [(p.width, p.height) for p in PRESETS if p.width == p.height] + [(side, side)]
+    allowed = [s for s in squares if lim.allows(*s)]
+    return tuple(sorted(dict.fromkeys(allowed), key=lambda s: s[0] * s[1]))

@@ -47,7 +47,12 @@ class WrappedPipeline:
             "steps": kwargs.get("num_inference_steps"),
             "seeds": seeds,
         }
-        oom = (f.oom_above is not None and batch > f.oom_above) or bool(set(seeds) & set(f.oom_seeds))
+        pixels = batch * (kwargs.get("width") or 0) * (kwargs.get("height") or 0)
+        oom = (
+            (f.oom_above is not None and batch > f.oom_above)
+            or (f.oom_above_pixels is not None and pixels > f.oom_above_pixels)
+            or bool(set(seeds) & set(f.oom_seeds))
+        )
         call["outcome"] = "oom" if oom else "ok"
         f.record(call)
         if oom:
@@ -64,12 +69,15 @@ class WrappingFactory:
     log_path: append one JSON line per denoise call (batch, shape, seeds, outcome).
     sleep_s: extra seconds per denoise call (a slow GPU, for overload tests).
     oom_above: raise torch.OutOfMemoryError when a call holds more than this many images.
+    oom_above_pixels: raise torch.OutOfMemoryError when batch x width x height is above this (memory that grows with
+        the image area: at a small area a larger batch fits than at a big one).
     oom_seeds: raise torch.OutOfMemoryError whenever one of these seeds is in the call (fails even alone).
     """
 
     log_path: str | None = None
     sleep_s: float = 0.0
     oom_above: int | None = None
+    oom_above_pixels: int | None = None
     oom_seeds: tuple[int, ...] = field(default_factory=tuple)
 
     def __call__(self, source, device: str, dtype: torch.dtype):

@@ -32,11 +32,13 @@ def usable_capacity_bytes(emulated_vram_gb: float | None) -> int:
 
 
 def probe_sides(limits: RequestLimits) -> tuple[int, int]:
-    """(small, large) square sides measured: the largest allowed square, and 512 (or the smallest side above it)."""
+    """(small, large) square sides measured: the largest allowed square, and 512 (the smallest side when the largest
+    is 512 or less)."""
     large = limits.largest_square()
     m = limits.side_multiple
-    small = max(-(-limits.min_side // m) * m, SMALL_PROBE_SIDE)
-    return min(small, large), large
+    min_side = -(-limits.min_side // m) * m
+    small = SMALL_PROBE_SIDE if large > SMALL_PROBE_SIDE else min_side
+    return max(min(small, large), min_side), large
 
 
 def measure_area_memory(run_peaks: RunPeaks, limits: RequestLimits, budget_bytes: int, what: str) -> AreaMemoryModel:

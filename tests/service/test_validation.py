@@ -18,6 +18,7 @@ from tests.serve_harness import BASE_URL
 
 # tests.serve_harness.tiny_config limits: sides 256..512 in steps of 16, 1..16 steps, n 1..4, prompt <= 2000 chars.
 SIDES, STEPS, N = [256, 512], [1, 16], [1, 4]
+SIZE = {"side_multiple": 16, "min_side": 256, "max_side": 512, "max_pixels": 2048 * 2048}  # + the nearest valid size
 OK = {"prompt": "a red car"}
 PROMPT = [1, 2000]
 GENERATE_FIELDS, IMAGES_FIELDS = sorted(GenerateRequest.model_fields), sorted(ImagesRequest.model_fields)
@@ -51,9 +52,9 @@ IMAGES = [
     ({**OK, "n": 0}, 422, "n", N, "4"),
     ({**OK, "n": 5}, 422, "n", N, "4"),
     ({**OK, "size": "big"}, 422, "size", "WIDTHxHEIGHT", "1024x1024"),
-    ({**OK, "size": "256x1000"}, 422, "height", SIDES, "512"),
-    ({**OK, "size": "100x256"}, 422, "width", SIDES, "256"),
-    ({**OK, "size": "260x256"}, 422, "width", 16, "multiple of 16"),
+    ({**OK, "size": "256x1000"}, 422, "size", {**SIZE, "nearest": "256x512"}, "nearest valid size is 256x512"),
+    ({**OK, "size": "100x256"}, 422, "size", {**SIZE, "nearest": "256x256"}, "nearest valid size is 256x256"),
+    ({**OK, "size": "260x256"}, 422, "size", {**SIZE, "nearest": "256x256"}, "multiples of 16"),
     ({**OK, "response_format": "url"}, 422, "response_format", "b64_json", "b64_json"),
     ({**OK, "model": "dall-e-3"}, 422, "model", MODELS, "z-image-turbo"),
     ({**OK, "num_inference_steps": 40}, 422, "num_inference_steps", STEPS, "16"),
@@ -160,6 +161,10 @@ def test_openapi_documents_the_error_shape_and_interactive_docs_are_off(counted)
             ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
             assert ref == "#/components/schemas/ErrorResponse", (path, status, ref)
         assert "Retry-After" in responses["503"]["headers"]
+    width = components["GenerateRequest"]["properties"]["width"]
+    assert width["x-limits"] == {"minimum": 256, "maximum": 512, "multipleOf": 16}  # this deployment's limits
+    assert schema["info"]["x-limits"]["max_pixels"] == 2048 * 2048 and schema["info"]["x-limits"]["presets"] == []
+    assert "nearest valid size" in components["ImagesRequest"]["properties"]["size"]["description"]
     for path in ("/docs", "/redoc"):
         response = httpx.get(f"{BASE_URL}{path}")
         assert response.status_code == 404, (path, response.status_code)

@@ -129,7 +129,8 @@ def test_an_oom_at_one_area_lowers_that_area_only():
 def test_probe_measures_the_largest_square_and_512():
     assert probe_sides(LIMITS) == (512, 2048)
     assert probe_sides(RequestLimits(max_pixels=1536**2)) == (512, 1536)
-    assert probe_sides(RequestLimits(max_side=512)) == (512, 512)
+    assert probe_sides(RequestLimits(max_side=512)) == (256, 512)
+    assert probe_sides(RequestLimits(min_side=512, max_side=512)) == (512, 512)
 
 
 def test_measure_area_memory_from_a_linear_memory_gives_the_exact_caps():
