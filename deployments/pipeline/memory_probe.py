@@ -41,11 +41,14 @@ def probe_sides(limits: RequestLimits) -> tuple[int, int]:
     return max(min(small, large), min_side), large
 
 
-def measure_area_memory(run_peaks: RunPeaks, limits: RequestLimits, budget_bytes: int, what: str) -> AreaMemoryModel:
+def measure_area_memory(
+    run_peaks: RunPeaks, limits: RequestLimits, budget_bytes: int | Callable[[], int], what: str
+) -> AreaMemoryModel:
     """Batch 1 and 2 at the small and the large side. Batch 1 at the largest area must fit (else this card cannot
-    serve the configured limits: raise, naming `limits.max_pixels`); an OOM at batch 2 caps that area at 1."""
+    serve the configured limits: raise, naming `limits.max_pixels`); an OOM at batch 2 caps that area at 1.
+    `budget_bytes` may be a callable, read after the runs (compiling allocates outside torch's pool)."""
     small_side, large_side = probe_sides(limits)
-    clamps: dict[int, dict[str, MemoryClamp]] = {}
+    measured: dict[int, list[dict[str, int] | None]] = {}
     for side in dict.fromkeys((large_side, small_side)):
         shape = Shape(side, side, PROBE_STEPS)
         peaks: list[dict[str, int] | None] = []
@@ -57,16 +60,19 @@ def measure_area_memory(run_peaks: RunPeaks, limits: RequestLimits, budget_bytes
                     hint = " (lower limits.max_pixels / max_side for this card)" if is_oom(exc) else ""
                     raise RuntimeError(f"{what}: batch {b} at {side}x{side} failed{hint}: {exc}") from exc
                 peaks.append(None)
-        p1, p2 = peaks
+        measured[side] = peaks
+    budget = budget_bytes() if callable(budget_bytes) else budget_bytes
+    clamps: dict[int, dict[str, MemoryClamp]] = {}
+    for side, (p1, p2) in measured.items():
         # batch 2 out of memory: a per-image growth of the whole budget caps this area at 1
-        clamps[side] = {k: MemoryClamp(p1[k], p2[k] if p2 else p1[k] + budget_bytes, budget_bytes) for k in p1}
+        clamps[side] = {k: MemoryClamp(p1[k], p2[k] if p2 else p1[k] + budget, budget) for k in p1}
         logger.info(
             "memory at %dx%d: stage peaks GB @1 %s, @2 %s; budget %.2f GB -> cap %d",
             side,
             side,
             {k: round(v / 1e9, 2) for k, v in p1.items()},
             {k: round(v / 1e9, 2) for k, v in p2.items()} if p2 else "OOM",
-            budget_bytes / 1e9,
+            budget / 1e9,
             min((c.max_batch for c in clamps[side].values()), default=1),
         )
     return AreaMemoryModel(small_side**2, large_side**2, clamps[small_side], clamps[large_side])
@@ -96,6 +102,9 @@ def measure_memory_model(
     runner: ZImageRunner, limits: RequestLimits, margin_gb: float, emulated_vram_gb: float | None, what: str
 ) -> AreaMemoryModel:
     """On the GPU: the per-area model under the card's usable memory minus `margin_gb`."""
-    torch.cuda.empty_cache()
-    budget = usable_capacity_bytes(emulated_vram_gb) - int(margin_gb * 1e9)
+
+    def budget() -> int:
+        torch.cuda.empty_cache()
+        return usable_capacity_bytes(emulated_vram_gb) - int(margin_gb * 1e9)
+
     return measure_area_memory(gpu_run_peaks(runner), limits, budget, what)

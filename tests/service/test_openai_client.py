@@ -83,7 +83,8 @@ def test_sdk_surfaces_typed_errors(client):
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.images.generate(model="z-image-turbo", prompt="a cat", size="4096x4096")
     assert info.value.status_code == 422
-    assert info.value.body["param"] == "width" and info.value.body["limit"] == [256, 512]
+    assert info.value.body["param"] == "size" and info.value.body["limit"]["nearest"] == "512x512"
+    assert "nearest valid size is 512x512" in info.value.body["message"]
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.images.generate(model="dall-e-3", prompt="a cat")
     assert info.value.body["param"] == "model"

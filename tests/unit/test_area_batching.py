@@ -168,3 +168,36 @@ def test_warm_up_a_list_none_and_the_second_size_fallback():
     assert warm_up_shapes("none", LIMITS, {(512, 512), (2048, 2048)}) == []  # two sizes ran: decoder is dynamic
     assert warm_up_shapes("none", LIMITS, {(2048, 2048)}) == [(256, 256)]  # one size ran: one more, the smallest
     assert warm_up_shapes("presets", RequestLimits(max_side=512), {(512, 512)}) == [(256, 256)]  # no preset fits
+
+
+# ---- the engine's start-up sequence on a "GPU" (stub runner; the measurement and the warm-up order are real) --------
+def test_gpu_start_up_measures_two_areas_then_warms_every_other_preset(monkeypatch):
+    from deployments.config import AppConfig, MemoryMode
+    from deployments.pipeline import engine as engine_mod
+
+    class Runner:
+        def __init__(self):
+            self.shapes = []
+
+        def run(self, prompts, seeds, shape):
+            self.shapes.append((len(prompts), shape.width, shape.height, shape.steps))
+            n = len(prompts) * shape.width * shape.height
+            return BatchOutput(images=[], stage_peak_bytes={"denoise": 10 * GB + n * 1000})
+
+    def fake_measure(runner, limits, margin_gb, emulated, what):  # the GPU path minus torch.cuda
+        run = lambda b, s: runner.run(["w"] * b, list(range(b)), s).stage_peak_bytes  # noqa: E731
+        return measure_area_memory(run, limits, 139 * GB, what)
+
+    monkeypatch.setattr(engine_mod, "measure_memory_model", fake_measure)
+    cfg = AppConfig(compile=True)  # production-like limits: 2048 a side, 2048^2 pixels; warm_up_sizes: presets
+    eng = engine_mod.ZImageEngine(cfg, None, "cuda", torch.bfloat16, None)
+    eng.runner, eng.mode = Runner(), MemoryMode.GPU
+    seen = eng._warm_up_and_measure()
+    eng._warm_up_sizes(seen)
+    probe = eng.runner.shapes[:4]
+    assert probe == [(1, 2048, 2048, 2), (2, 2048, 2048, 2), (1, 512, 512, 2), (2, 512, 512, 2)]
+    warmed = eng.runner.shapes[4:]
+    assert all(b == 1 and steps == 1 for b, _, _, steps in warmed)
+    assert {(w, h) for _, w, h, _ in warmed} == {(p.width, p.height) for p in PRESETS}
+    assert eng.memory_cap == eng.memory_model.max_batch(2048**2) == 1 + (129 * GB - 2048**2 * 1000) // (2048**2 * 1000)
+    assert len(eng.warm_up_info["per_size_s"]) == 33
