@@ -105,6 +105,18 @@ DEFAULT_TIERS: tuple[Tier, ...] = (
 )
 
 
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class LoraAdapter(_Strict):
+    """One LoRA adapter a request may name: where its weights are (never a request's choice) and its default scale."""
+
+    source: str = Field(description="A Hugging Face Hub id or a local directory holding the adapter's weights.")
+    weight_name: str | None = Field(None, description="File in `source` (default: pytorch_lora_weights.safetensors).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a Hub id.")
+    scale: float = Field(1.0, description="Scale when a request names the adapter without one.")
+
+
 class GeneratorUserConfig(_Strict):
     """Live-tunable knobs of the GPU deployment (Serve `user_config`, applied by `reconfigure()`)."""
 
@@ -115,6 +127,19 @@ class GeneratorUserConfig(_Strict):
     tiers: tuple[Tier, ...] = Field(DEFAULT_TIERS, description="VRAM tier table, sorted by max_vram_gb.")
     memory_mode: MemoryMode = Field(MemoryMode.AUTO, description="`auto` follows the tier; set to override.")
     cpu_max_batch_size: int = Field(8, ge=1, le=64, description="Batch size when no GPU is present (tiny model).")
+    loras: dict[str, LoraAdapter] = Field(
+        default_factory=dict,
+        description="LoRA adapters by the name requests use (`lora: [{name, scale}]`). Loaded at start and when this "
+        "changes live; needs the application's `lora` settings (the DiT's adapter slots).",
+    )
+
+    @field_validator("loras")
+    @classmethod
+    def _adapter_names(cls, loras: dict[str, LoraAdapter]) -> dict[str, LoraAdapter]:
+        for name in loras:
+            if not re.fullmatch(ADAPTER_NAME, name):
+                raise ValueError(f"loras: {name!r} is not a valid adapter name ({ADAPTER_NAME})")
+        return loras
 
     @field_validator("tiers")
     @classmethod
@@ -145,7 +170,13 @@ class RequestLimits(_Strict):
     max_steps: int = Field(16, ge=1, le=100)
     max_prompt_chars: int = Field(2000, ge=1)
     max_images_per_request: int = Field(4, ge=1, le=16, description="OpenAI `n` upper bound.")
-    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Request bodies above this get 413.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="JSON request bodies above this get 413.")
+    max_edit_body_bytes: int = Field(
+        32 * 2**20, ge=1024, description="Bodies of POST /v1/images/edits (multipart) above this: 413."
+    )
+    max_input_pixels: int = Field(
+        4096 * 4096, ge=256, description="Largest width x height of an edit's input image or mask (before resizing)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RequestLimits:
@@ -193,6 +224,23 @@ class GenerationDefaults(_Strict):
     width: int = 1024
     height: int = 1024
     num_inference_steps: int = 8
+    edit_strength: float = Field(0.6, gt=0, le=1, description="Image-to-image edits (no mask) without `strength`.")
+    inpaint_strength: float = Field(1.0, gt=0, le=1, description="Edits with a mask without `strength`.")
+
+
+class LoraSettings(_Strict):
+    """The DiT's LoRA adapter slots, fixed at start-up (they are part of the compiled graph). A batch's adapters are
+    copied into the slots in place (scale folded in): switching adapters never recompiles and never reads a file."""
+
+    max_adapters_per_request: int = Field(2, ge=1, le=8, description="Slots: adapters one request may combine.")
+    max_rank: int = Field(64, ge=1, le=512, description="Slot rank: adapters of a higher rank are refused at load.")
+    target_modules: tuple[str, ...] = Field(
+        ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3"),
+        description="DiT linear layers the slots cover (attention and feed-forward of every block); an adapter that "
+        "touches others is refused at load.",
+    )
+    min_scale: float = Field(-2.0, description="Smallest scale a request may give.")
+    max_scale: float = Field(2.0, description="Largest scale a request may give.")
 
 
 class EmulatedMemory(_Strict):
@@ -265,6 +313,11 @@ class AppConfig(_Strict):
     )
     log_prompts: bool = Field(False, description="Log prompts at INFO (off: prompts are user data).")
     retry_after_s: int = Field(2, ge=1, description="Retry-After header sent with 503 on overload.")
+    lora: LoraSettings | None = Field(
+        None,
+        description="Serve LoRA adapters (user_config `loras`). Off (null): the DiT has no adapter slots and "
+        "requests naming adapters get 422. On: every batch runs through the slots (unused slots hold zeros).",
+    )
     testing: TestingOptions = Field(
         default_factory=TestingOptions, description="Tests and experiments only; leave unset in production."
     )
