@@ -10,10 +10,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LoraChoice:
-    """A LoRA adapter named in the replica's config, applied at `scale` (0 = the base model)."""
+    """A LoRA adapter named in the replica's config, applied at `scale` (0 = the base model; None = the adapter's
+    configured default scale)."""
 
     name: str
-    scale: float
+    scale: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
