@@ -9,6 +9,7 @@ health checks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from deployments.observability.replica_gpu_metrics import start_replica_gpu_metr
 from deployments.pipeline.devices import resolve_device, resolve_dtype
 from deployments.pipeline.engine import ZImageEngine
 from deployments.pipeline.loading import PipelineFactory, load_pipeline
+from deployments.pipeline.lora import AdapterError
 from deployments.presets import shown_shapes
 
 logger = logging.getLogger("ray.serve")
@@ -78,6 +80,7 @@ class ZImageGenerator:
             st.clamp, st.memory_cap = self.engine.memory_clamp, self.engine.memory_cap
             st.memory_model = self.engine.memory_model
             self.metrics.set_memory_mode(st.memory_mode)
+        self.engine.adapters.sync(uc.loras)  # live: new adapters read, removed ones dropped, the rest untouched
         st.desired_max_batch = desired
         st.batch_wait_timeout_s = uc.batch_wait_timeout_s
         self.user_config = uc
@@ -128,6 +131,11 @@ class ZImageGenerator:
     async def generate(self, spec: GenerationSpec) -> GenerationResult:
         if self.engine.runner is None:
             self.reconfigure({})
+        if spec.loras:
+            try:  # names checked here, before the queue; scales None -> the adapter's default
+                spec = dataclasses.replace(spec, loras=self.engine.adapters.resolve(spec.loras))
+            except AdapterError as exc:
+                return self.executor.invalid(spec, exc)
         arrival = time.perf_counter()
         async with self.gate.slot():  # joins a batch only while the GPU is free
             return await self.generate_batch((spec, arrival))
@@ -138,7 +146,7 @@ class ZImageGenerator:
         specs = [spec for spec, _ in items]
         results: list[GenerationResult | None] = [None] * len(items)
         loop = asyncio.get_running_loop()
-        for _, idxs in group_by_shape(specs, lambda s: s.shape).items():
+        for _, idxs in group_by_shape(specs, lambda s: s.batch_key).items():
             group = [specs[i] for i in idxs]
             group_results = await loop.run_in_executor(self.gpu_thread, self.executor.run_group, group)
             for i, res in zip(idxs, group_results, strict=True):
@@ -148,6 +156,10 @@ class ZImageGenerator:
         return results
 
     # ---- introspection -------------------------------------------------------------------------------------------
+    def adapters(self) -> list[dict]:
+        """LoRA adapters of this replica: name, source, default scale, rank, status (`loaded` or `failed` + error)."""
+        return self.engine.adapters.describe()
+
     def info(self) -> dict:
         uc, eng = self.user_config, self.engine
         return {
@@ -164,6 +176,11 @@ class ZImageGenerator:
             "fp8_dit": {"enabled": self.cfg.fp8_dit, "fp8_linear_layers": eng.fp8_layers},
             "text_encoder": eng.encoder_info,
             "warm_up": eng.warm_up_info,
+            "lora": {
+                "settings": self.cfg.lora.model_dump(mode="json") if self.cfg.lora else None,
+                "adapters": self.adapters(),
+                "slot_switches": eng.adapters.slots.switches if eng.adapters.slots else 0,
+            },
             "ready_s": eng.ready_s,
             "pid": os.getpid(),
         }

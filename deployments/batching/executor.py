@@ -13,6 +13,7 @@ from deployments.batching.policy import chunks_of
 from deployments.messages import GenerationResult, GenerationSpec
 from deployments.observability.metrics import GeneratorMetrics
 from deployments.pipeline.engine import ZImageEngine
+from deployments.pipeline.lora import AdapterError
 from deployments.pipeline.runner import Shape
 
 logger = logging.getLogger("ray.serve")
@@ -41,8 +42,8 @@ class GroupExecutor:
         return self.engine.cfg.model.label
 
     def run_group(self, specs: list[GenerationSpec]) -> list[GenerationResult]:
-        """One same-shape group, in chunks of that shape's max batch (read again before each chunk: an OOM in one
-        chunk lowers the next one's size)."""
+        """One group of the same batch key (shape, task, strength, adapters), in chunks of that shape's max batch
+        (read again before each chunk: an OOM in one chunk lowers the next one's size)."""
         results: list[GenerationResult] = []
         area = specs[0].width * specs[0].height
         rest = list(specs)
@@ -53,6 +54,10 @@ class GroupExecutor:
         return results
 
     def _run_capped(self, specs: list[GenerationSpec], area: int) -> list[GenerationResult]:
+        try:
+            self.engine.adapters.apply(specs[0].loras)
+        except AdapterError as exc:  # an adapter removed live after these requests were accepted
+            return [self.invalid(s, exc) for s in specs]
         try:
             outcome = run_with_oom_split(
                 specs,
@@ -70,14 +75,18 @@ class GroupExecutor:
 
     def _run_chunk(self, chunk: list[GenerationSpec]) -> list[GenerationResult]:
         first = chunk[0]
-        out = self.engine.run([s.prompt for s in chunk], [s.seed for s in chunk], Shape(*first.shape))
+        edits = [s.edit for s in chunk] if first.edit is not None else None
+        out = self.engine.run(
+            [s.prompt for s in chunk], [s.seed for s in chunk], Shape(*first.shape), edits, first.loras
+        )
         t = out.times
         stage_s = {"encode": t.encode_s, "denoise": t.denoise_s, "decode": t.decode_s}
-        self.metrics.batch_size.observe(len(chunk))
+        work = {"task": first.task, "adapter": adapter_label(first)}
+        self.metrics.batch_size.observe(len(chunk), tags=work)
         for stage, secs in stage_s.items():
             self.metrics.stage.observe(secs, tags={"stage": stage})
-        self.metrics.gpu_seconds_per_image.observe(t.total_s / len(chunk))
-        self.metrics.images.inc(len(chunk), tags={"model_source": self.model_source})
+        self.metrics.gpu_seconds_per_image.observe(t.total_s / len(chunk), tags=work)
+        self.metrics.images.inc(len(chunk), tags={"model_source": self.model_source, **work})
         peak = max(out.stage_peak_bytes.values(), default=0)
         made = dict(batch_size=len(chunk), inference_s=t.total_s, stage_s=stage_s, peak_memory_bytes=peak)
         return [self._result(s, image=img, **made) for s, img in zip(chunk, out.images, strict=True)]
@@ -91,5 +100,17 @@ class GroupExecutor:
         error = f"{type(exc).__name__}: {exc}"
         return [self._result(s, image=None, error=error, error_kind=kind) for s in specs]
 
+    def invalid(self, spec: GenerationSpec, exc: AdapterError) -> GenerationResult:
+        """The request names an adapter this replica does not serve (any more): a 422 at the ingress, not a 500."""
+        names = self.engine.adapters.names()
+        return self._result(
+            spec, image=None, error=str(exc), error_kind="invalid", error_param=exc.param, error_limit=names
+        )
+
     def _result(self, spec: GenerationSpec, **fields) -> GenerationResult:
         return GenerationResult(seed=spec.seed, model_source=self.model_source, replica=self.replica, **fields)
+
+
+def adapter_label(spec: GenerationSpec) -> str:
+    """Metric tag: the adapter set by name (`none` for the base model); bounded by the configured adapters."""
+    return "+".join(c.name for c in spec.loras) or "none"

@@ -87,12 +87,15 @@ class GeneratorMetrics:
 
     def __init__(self) -> None:
         self.images = metrics.Counter(
-            "zimage_images_generated", description="Images generated.", tag_keys=("model_source",)
+            "zimage_images_generated",
+            description="Images made, by task (generate, edit, inpaint) and LoRA adapter set (`none`: base model).",
+            tag_keys=("model_source", "task", "adapter"),
         )
         self.batch_size = metrics.Histogram(
             "zimage_batch_size",
-            description="Images per pipeline call (after grouping by shape).",
+            description="Images per pipeline call (after grouping by shape, task and adapters).",
             boundaries=BATCH_BUCKETS,
+            tag_keys=("task", "adapter"),
         )
         self.queue_wait = ExactHistogram(
             "zimage_queue_wait_seconds",
@@ -107,8 +110,9 @@ class GeneratorMetrics:
         )
         self.gpu_seconds_per_image = metrics.Histogram(
             "zimage_gpu_seconds_per_image",
-            description="Batch pipeline time divided by its images.",
+            description="Batch pipeline time divided by its images, by task and adapter set.",
             boundaries=SECONDS_BUCKETS,
+            tag_keys=("task", "adapter"),
         )
         self.max_batch_size = StateGauge(
             "zimage_max_batch_size", description="Current effective max batch size of the replica."

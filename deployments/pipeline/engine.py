@@ -10,10 +10,12 @@ import torch
 
 from deployments.batching.policy import AreaMemoryModel, MemoryClamp
 from deployments.config import AppConfig, MemoryMode
+from deployments.messages import EditInput, LoraChoice
 from deployments.observability.gpu_info import GpuInfo
 from deployments.pipeline.compilation import compile_dit, warm_up_shapes
 from deployments.pipeline.fp8 import fp8_supported, quantize_dit_fp8
 from deployments.pipeline.loading import PipelineFactory
+from deployments.pipeline.lora import AdapterLibrary, LoraSlots
 from deployments.pipeline.memory_modes import place_pipeline
 from deployments.pipeline.memory_probe import (
     emulated_run_peaks,
@@ -39,6 +41,7 @@ class ZImageEngine:
         self.memory_cap: int | None = None  # at the largest allowed area
         self.memory_model: AreaMemoryModel | None = None  # per image area
         self.warm_up_info: dict = {}
+        self.adapters = AdapterLibrary(None, None, device, dtype, cfg.lora)
         self.vram_gb = gpu.total_gb if gpu else None
         self.emulated_vram_gb = cfg.testing.emulate_vram_gb if gpu else None
         if self.emulated_vram_gb:
@@ -78,6 +81,7 @@ class ZImageEngine:
             encoder_cuda_graphs=resident and self.cfg.text_encoder_cuda_graphs,
         )
         self.mode = mode
+        self.adapters = self._install_lora_slots(pipe, mode)
         self.fp8_layers = self._quantize_fp8(pipe, mode) if self.cfg.fp8_dit else 0
         compiled = self.cfg.compile and self.on_gpu
         if compiled:
@@ -95,6 +99,21 @@ class ZImageEngine:
             f", memory mode {mode.value}" if self.on_gpu else "",
             self.ready_s,
         )
+
+    def _install_lora_slots(self, pipe, mode: MemoryMode) -> AdapterLibrary:
+        """Adapter slots go in before FP8 (which then quantizes only the base layers) and compile (they are part of
+        the graph). The library starts empty: the generator syncs it with user_config after every load."""
+        settings = self.cfg.lora
+        if settings is None:
+            return AdapterLibrary(None, None, self.device, self.dtype, None)
+        if mode is MemoryMode.GROUP_OFFLOAD:
+            raise RuntimeError(
+                "lora: adapter slots are not supported in memory mode group_offload (the DiT is streamed block by "
+                "block); use a card of >= 16 GB or drop `lora`"
+            )
+        slots = LoraSlots.install(pipe.transformer, settings)
+        dit = next(pipe.transformer.parameters())
+        return AdapterLibrary(slots, type(pipe), dit.device, dit.dtype, settings)
 
     def _quantize_fp8(self, pipe, mode: MemoryMode) -> int:
         """Opt-in FP8 DiT (before compile); refuses GPUs without FP8 tensor cores rather than running slower."""
@@ -144,8 +163,17 @@ class ZImageEngine:
         self.warm_up_info = {"setting": self.cfg.warm_up_sizes, "seconds": round(total, 2), "per_size_s": per_size}
         logger.info("warmed up %d image sizes in %.1fs: %s", len(shapes), total, per_size)
 
-    def run(self, prompts: list[str], seeds: list[int], shape: Shape) -> BatchOutput:
-        return self.runner.run(prompts, seeds, shape)
+    def run(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        shape: Shape,
+        edits: list[EditInput] | None = None,
+        loras: tuple[LoraChoice, ...] = (),
+    ) -> BatchOutput:
+        """One batch: same shape, task, strength and adapter set (deployments/messages.py `batch_key`)."""
+        self.adapters.apply(loras)
+        return self.runner.run(prompts, seeds, shape, edits)
 
     def release_cached_memory(self) -> None:
         """After an OOM: give the allocator's cached blocks back so the smaller retry can fit."""

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import ZImagePipeline
+from diffusers import ZImageImg2ImgPipeline, ZImageInpaintPipeline, ZImagePipeline
+from PIL import Image
 
+from deployments.messages import EditInput
 from deployments.pipeline.text_encoder import PromptEncoder
 
 
@@ -79,10 +81,23 @@ class ZImageRunner:
         """
         return self.prompt_encoder.encode(prompts, together=self.batch_encode and len(prompts) > 1)
 
+    def _edit_pipeline(self, inpaint: bool):
+        """diffusers' image-to-image or inpainting pipeline over the same modules (no second copy of any weight)."""
+        name = "_inpaint" if inpaint else "_img2img"
+        if getattr(self, name, None) is None:
+            cls = ZImageInpaintPipeline if inpaint else ZImageImg2ImgPipeline
+            edit_pipe = cls(**self.pipe.components)
+            edit_pipe.set_progress_bar_config(disable=True)
+            setattr(self, name, edit_pipe)
+        return getattr(self, name)
+
     @torch.inference_mode()
-    def denoise(self, embeds: list[torch.Tensor], shape: Shape, seeds: list[int]) -> torch.Tensor:
+    def denoise(
+        self, embeds: list[torch.Tensor], shape: Shape, seeds: list[int], edits: list[EditInput] | None = None
+    ) -> torch.Tensor:
+        """Latents for one batch; `edits` (one per item, same task and strength): start from those images."""
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        return self.pipe(
+        common = dict(
             prompt_embeds=embeds,
             height=shape.height,
             width=shape.width,
@@ -90,7 +105,14 @@ class ZImageRunner:
             guidance_scale=0.0,
             generator=generators,
             output_type="latent",
-        ).images
+        )
+        if not edits:
+            return self.pipe(**common).images
+        images = [Image.fromarray(e.image) for e in edits]
+        if edits[0].mask is None:
+            return self._edit_pipeline(False)(image=images, strength=edits[0].strength, **common).images
+        masks = [Image.fromarray(e.mask.astype(np.uint8) * 255) for e in edits]  # diffusers: white = repaint
+        return self._edit_pipeline(True)(image=images, mask_image=masks, strength=edits[0].strength, **common).images
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
@@ -109,7 +131,9 @@ class ZImageRunner:
             peaks[stage] = torch.cuda.max_memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def run(self, prompts: list[str], seeds: list[int], shape: Shape) -> BatchOutput:
+    def run(
+        self, prompts: list[str], seeds: list[int], shape: Shape, edits: list[EditInput] | None = None
+    ) -> BatchOutput:
         times, peaks = StageTimes(), {}
         self._stage_peak({}, "start")
         t0 = time.perf_counter()
@@ -117,12 +141,20 @@ class ZImageRunner:
         self._sync()
         self._stage_peak(peaks, "encode")
         t1 = time.perf_counter()
-        latents = self.denoise(embeds, shape, seeds)
+        latents = self.denoise(embeds, shape, seeds, edits)
         self._sync()
         self._stage_peak(peaks, "denoise")
         t2 = time.perf_counter()
         images = self.decode(latents)
+        if edits and edits[0].mask is not None:
+            images = [keep_unmasked(img, e) for img, e in zip(images, edits, strict=True)]
         self._stage_peak(peaks, "decode")
         t3 = time.perf_counter()
         times.encode_s, times.denoise_s, times.decode_s = t1 - t0, t2 - t1, t3 - t2
         return BatchOutput(images=images, times=times, stage_peak_bytes=peaks)
+
+
+def keep_unmasked(generated: np.ndarray, edit: EditInput) -> np.ndarray:
+    """Inpainting: the input's own pixels outside the mask. The latent blend keeps that area only as well as the VAE
+    round-trips it (diffusers' `apply_overlay` does the same in pixel space)."""
+    return np.where(edit.mask[..., None], generated, edit.image)
