@@ -16,6 +16,7 @@ from deployments.batching.policy import AreaMemoryModel, BatchingState, MemoryCl
 from deployments.config import EmulatedMemory, RequestLimits
 from deployments.messages import GenerationSpec
 from deployments.pipeline.compilation import warm_up_shapes
+from deployments.pipeline.lora import AdapterLibrary
 from deployments.pipeline.memory_probe import emulated_run_peaks, measure_area_memory, probe_sides
 from deployments.pipeline.runner import BatchOutput
 from deployments.presets import PRESETS
@@ -74,8 +75,9 @@ class StubEngine:
         self.calls: list[tuple[int, int, int]] = []
         self.oom_above_pixels = oom_above_pixels
         self.cfg = SimpleNamespace(model=SimpleNamespace(label="stub"))
+        self.adapters = AdapterLibrary(None, None, "cpu", None, None)  # no LoRA slots
 
-    def run(self, prompts, seeds, shape):
+    def run(self, prompts, seeds, shape, edits=None, loras=()):
         self.calls.append((len(prompts), shape.width, shape.height))
         if self.oom_above_pixels and len(prompts) * shape.width * shape.height > self.oom_above_pixels:
             raise torch.OutOfMemoryError("CUDA out of memory (stub)")
@@ -179,7 +181,7 @@ def test_gpu_start_up_measures_two_areas_then_warms_every_other_preset(monkeypat
         def __init__(self):
             self.shapes = []
 
-        def run(self, prompts, seeds, shape):
+        def run(self, prompts, seeds, shape, edits=None):
             self.shapes.append((len(prompts), shape.width, shape.height, shape.steps))
             n = len(prompts) * shape.width * shape.height
             return BatchOutput(images=[], stage_peak_bytes={"denoise": 10 * GB + n * 1000})
