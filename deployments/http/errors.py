@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -80,24 +81,66 @@ _EXPECTED_TYPE = {
     "model_attributes_type": "a JSON object",
     "model_type": "a JSON object",
     "dict_type": "a JSON object",
+    "list_type": "a JSON list",
 }
 
 
 def _param_of(loc: tuple, error_type: str | None) -> str:
-    """Dotted field path; `body` for errors about the body as a whole (not JSON, not an object, empty)."""
-    parts = [str(p) for p in loc if p != "body"]
+    """Field path as clients write it (`lora[0].name`); `body` for errors about the body as a whole (not JSON, not an
+    object, empty)."""
+    parts = [p for p in loc if p != "body"]
     if error_type == "json_invalid" or not parts:  # json_invalid's loc carries a character offset, not a field
         return "body"
-    return ".".join(parts)
+    path = ""
+    for p in parts:
+        path += f"[{p}]" if isinstance(p, int) else f".{p}" if path else str(p)
+    return path
 
 
-def _known_fields(request: Request, loc: tuple) -> list[str] | None:
-    """Field names of the route's body model (top level), for `extra_forbidden` errors."""
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside `Model`, `Model | None`, `list[Model] | None`."""
+    stack = [annotation]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+        stack.extend(get_args(t))
+    return None
+
+
+def _known_fields(model: type[BaseModel] | None, loc: tuple) -> list[str] | None:
+    """Field names of the (nested) model an `extra_forbidden` field was found in."""
+    for part in [p for p in loc if p != "body"][:-1]:
+        if model is None:
+            return None
+        if not isinstance(part, int):
+            field = model.model_fields.get(part)
+            model = _inner_model(field.annotation) if field is not None else None
+    return sorted(model.model_fields) if model is not None else None
+
+
+def invalid_from_validation(errors: list[dict], model: type[BaseModel] | None = None) -> InvalidRequest:
+    """pydantic's first error as our 422 (field, limit): the same body whether FastAPI or a route validated it."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = tuple(first.get("loc", ()))
+    param = _param_of(loc, first.get("type"))
+    ctx = {k: v for k, v in (first.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
+    message = f"{param}: {first['msg']}"
+    limit = ctx or _EXPECTED_TYPE.get(first.get("type"))
+    if first.get("type") == "json_invalid":  # the decoder's reason is part of the message
+        message, limit = f"body: {first['msg']} ({ctx.get('error', 'malformed')})", "a JSON object"
+    elif first.get("type") == "extra_forbidden":  # the limit is the set of fields the model knows
+        limit = _known_fields(model, loc)
+    elif first.get("type") == "missing":
+        limit = "required"
+    return InvalidRequest(param, message, code=first.get("type"), limit=limit)
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
     route = request.scope.get("route")
     body_field = getattr(route, "body_field", None)
     model = getattr(getattr(body_field, "field_info", None), "annotation", None) or getattr(body_field, "type_", None)
-    fields = getattr(model, "model_fields", None)
-    return sorted(fields) if fields and len([p for p in loc if p != "body"]) == 1 else None
+    return _inner_model(model) if model is not None else None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -107,18 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = _param_of(tuple(first.get("loc", ())), first.get("type"))
-        ctx = {k: v for k, v in (first.get("ctx") or {}).items() if isinstance(v, (int, float, str))}
-        message = f"{param}: {first['msg']}"
-        limit = ctx or _EXPECTED_TYPE.get(first.get("type"))
-        if first.get("type") == "json_invalid":  # the decoder's reason is part of the message
-            message, limit = f"body: {first['msg']} ({ctx.get('error', 'malformed')})", "a JSON object"
-        elif first.get("type") == "extra_forbidden":  # the limit is the set of fields the route knows
-            limit = _known_fields(request, first.get("loc", ()))
-        elif first.get("type") == "missing":
-            limit = "required"
-        return error_response(422, "invalid_request_error", message, param, first.get("type"), limit)
+        return invalid_from_validation(list(exc.errors()), _body_model(request)).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -21,6 +21,22 @@ class OutputEncoding(BaseModel):
     )
 
 
+class LoraRequest(BaseModel):
+    """One LoRA adapter applied to a request's images."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="An adapter this server serves (`GET /v1/models` lists them after the model).")
+    scale: float | None = Field(None, description="How strongly to apply it; null: the adapter's configured scale.")
+
+
+def _lora_field():
+    return Field(
+        None,
+        description='LoRA adapters, e.g. `[{"name": "ink-style", "scale": 0.8}]` (names: `GET /v1/models`; how many '
+        "and which scales: `GET /info` `lora`).",
+    )
+
+
 class GenerateRequest(OutputEncoding):
     """POST /generate: one image, answered as image bytes (PNG unless `output_format` says otherwise)."""
 
@@ -30,22 +46,46 @@ class GenerateRequest(OutputEncoding):
     height: int | None = None
     num_inference_steps: int | None = Field(None, description="Denoising steps (Turbo: 8).")
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; random when omitted. Same seed, same image.")
+    lora: list[LoraRequest] | None = _lora_field()
 
 
-class ImagesRequest(OutputEncoding):
-    """POST /v1/images/generations, as the `openai` SDK sends it (seed/num_inference_steps via `extra_body`)."""
+class ImagesParams(OutputEncoding):
+    """Fields OpenAI's generations and edits share; the extensions (`seed`, `num_inference_steps`, `lora`) come
+    through the SDK's `extra_body`."""
 
-    model_config = ConfigDict(extra="forbid")
     prompt: str
     model: str | None = None
     n: int = 1
     size: str | None = Field(None, description="`WIDTHxHEIGHT` or `auto`.")
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     quality: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
-    style: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     user: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
-    seed: int | None = None
+    seed: int | None = Field(None, description=f"0..{MAX_SEED}; random when omitted. Image i gets seed + i.")
     num_inference_steps: int | None = None
+    lora: list[LoraRequest] | None = _lora_field()
+
+
+class ImagesRequest(ImagesParams):
+    """POST /v1/images/generations, as the `openai` SDK sends it (JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+    style: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+
+
+class ImageEditRequest(ImagesParams):
+    """The non-file fields of POST /v1/images/edits (multipart; the files are `image` and `mask`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: str | None = Field(
+        None, description="`WIDTHxHEIGHT`, a preset label, or `auto`: the input image's size snapped down to 16."
+    )
+    background: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    input_fidelity: str | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    strength: float | None = Field(
+        None,
+        description="(0, 1]: how far the result may move from the input (1: repaint entirely). Default: "
+        "`defaults.edit_strength` without a mask, `defaults.inpaint_strength` with one.",
+    )
 
 
 class ImageData(BaseModel):

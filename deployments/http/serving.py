@@ -5,17 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections.abc import Sequence
 
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
-from deployments.http.errors import ApiError, GenerationFailed, Overloaded
+from deployments.http.errors import ApiError, GenerationFailed, InvalidRequest, Overloaded
 from deployments.messages import GenerationResult, GenerationSpec
 from deployments.observability.metrics import IngressMetrics
 
 logger = logging.getLogger("ray.serve")
+
+
+_LORA_PARAM = re.compile(r"^lora\[(\d+)\]")
+
+
+def _request_param(param: str | None, spec: GenerationSpec, lora_names: Sequence[str]) -> str | None:
+    """The replica names adapters by their place in `spec.loras` (sorted by name); the client wants its own order."""
+    m = _LORA_PARAM.match(param or "")
+    if m is None or int(m[1]) >= len(spec.loras) or spec.loras[int(m[1])].name not in lora_names:
+        return param
+    return f"lora[{list(lora_names).index(spec.loras[int(m[1])].name)}]" + param[m.end() :]
 
 
 def result_headers(results: list[GenerationResult]) -> dict[str, str]:
@@ -47,7 +60,7 @@ class GenerationClient:
         self.metrics.rejected.inc(tags={"reason": reason})
         return Overloaded(None, message, code=code or reason, headers={"Retry-After": str(self.cfg.retry_after_s)})
 
-    async def one(self, spec: GenerationSpec) -> GenerationResult:
+    async def one(self, spec: GenerationSpec, lora_names: Sequence[str] = ()) -> GenerationResult:
         for attempt in (1, 2):
             try:
                 result: GenerationResult = await self.generator.generate.remote(spec)
@@ -64,6 +77,12 @@ class GenerationClient:
                     continue
                 message = "the generator replica serving this request died; retry"
                 raise self._unavailable("replica_died", message) from exc
+            if result.error is not None and result.error_kind == "invalid":  # e.g. an adapter this replica lacks
+                param = _request_param(result.error_param, spec, lora_names)
+                limit = result.error_limit
+                if isinstance(limit, (set, frozenset, tuple)):  # JSON has lists only
+                    limit = sorted(limit) if not isinstance(limit, tuple) else list(limit)
+                raise InvalidRequest(param, result.error, limit=limit)
             if result.error is not None:
                 raise GenerationFailed(
                     None, f"generation failed ({result.error_kind}): {result.error}", code=result.error_kind
@@ -71,13 +90,14 @@ class GenerationClient:
             return result
         raise AssertionError("unreachable")
 
-    async def run(self, specs: list[GenerationSpec]) -> list[GenerationResult]:
-        """All images of one request, concurrently (they may land in one batch); the first error answers it."""
+    async def run(self, specs: list[GenerationSpec], lora_names: Sequence[str] = ()) -> list[GenerationResult]:
+        """All images of one request, concurrently (they may land in one batch); the first error answers it.
+        `lora_names`: the request's adapters in its own order, to name the one a replica refuses."""
         if self.cfg.log_prompts:
             logger.info("request %s: %r", specs[0].request_id, specs[0].prompt)
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.one(s)) for s in specs]
+                tasks = [group.create_task(self.one(s, lora_names)) for s in specs]
         except* ApiError as eg:
             raise eg.exceptions[0] from None
         return [t.result() for t in tasks]

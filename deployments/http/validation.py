@@ -8,12 +8,20 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from typing import NamedTuple
 
-from deployments.config import DEFAULT_HUB_ID, AppConfig, RequestLimits
+from deployments.config import ADAPTER_NAME, DEFAULT_HUB_ID, AppConfig, RequestLimits
 from deployments.http.errors import InvalidRequest
 from deployments.http.image_encoding import ImageFormat
-from deployments.http.protocol import MAX_SEED, GenerateRequest, ImagesRequest, OutputEncoding
-from deployments.messages import GenerationSpec
+from deployments.http.protocol import (
+    MAX_SEED,
+    GenerateRequest,
+    ImagesParams,
+    ImagesRequest,
+    LoraRequest,
+    OutputEncoding,
+)
+from deployments.messages import EditInput, GenerationSpec, LoraChoice
 
 # `1024x1024`, or a preset label as the official demo writes it: `832x1248 ( 2:3 )` (deployments/presets.py)
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})(?: ?\( ?\d{1,2}:\d{1,2} ?\))?$")
@@ -93,7 +101,7 @@ def _size_limit(lim: RequestLimits, nearest: tuple[int, int]) -> dict:
     }
 
 
-def _check_size(size: str, cfg: AppConfig) -> tuple[int, int]:
+def check_size(size: str, cfg: AppConfig) -> tuple[int, int]:
     """OpenAI `size`: `WIDTHxHEIGHT` or a preset label; a size the limits refuse gets a 422 naming the nearest one."""
     m = _SIZE.match(size)
     if not m:
@@ -157,6 +165,33 @@ def output_encoding(req: OutputEncoding) -> tuple[ImageFormat, int | None]:
     return fmt, quality
 
 
+def check_loras(loras: list[LoraRequest] | None, cfg: AppConfig) -> tuple[LoraChoice, ...]:
+    """Count, names and scales against `cfg.lora`; sorted by name so equal adapter sets share a batch key. Whether a
+    name is loaded is the GPU replica's answer (adapters change live through user_config)."""
+    if not loras:
+        return ()
+    settings = cfg.lora
+    if settings is None:
+        raise InvalidRequest("lora", "this server serves no LoRA adapters", limit=0)
+    most = settings.max_adapters_per_request
+    if len(loras) > most:
+        raise InvalidRequest("lora", f"{len(loras)} LoRA adapters given; the limit is {most} a request", limit=most)
+    seen: set[str] = set()
+    for i, lora in enumerate(loras):
+        if not re.fullmatch(ADAPTER_NAME, lora.name):
+            message = f"lora[{i}].name '{lora.name[:70]}' is not an adapter name ({ADAPTER_NAME})"
+            raise InvalidRequest(f"lora[{i}].name", message, limit=ADAPTER_NAME)
+        if lora.name in seen:
+            message = f"lora[{i}].name '{lora.name}' is given twice; name each adapter once"
+            raise InvalidRequest(f"lora[{i}].name", message, limit="each adapter at most once")
+        seen.add(lora.name)
+        low, high = settings.min_scale, settings.max_scale
+        if lora.scale is not None and not low <= lora.scale <= high:
+            message = f"lora[{i}].scale={lora.scale} is outside [{low}, {high}]"
+            raise InvalidRequest(f"lora[{i}].scale", message, limit=[low, high])
+    return tuple(sorted((LoraChoice(x.name, x.scale) for x in loras), key=lambda c: c.name))
+
+
 def specs_from_generate(req: GenerateRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:
     width = _check_side("width", cfg.defaults.width if req.width is None else req.width, cfg)
     height = _check_side("height", cfg.defaults.height if req.height is None else req.height, cfg)
@@ -169,12 +204,23 @@ def specs_from_generate(req: GenerateRequest, cfg: AppConfig, request_id: str) -
             steps=_check_steps(req.num_inference_steps, cfg),
             seed=_check_seed(req.seed),
             request_id=request_id,
+            loras=check_loras(req.lora, cfg),
         )
     ]
 
 
-def specs_from_images(req: ImagesRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:
-    """n images: seeds seed, seed+1, ... so each is reproducible alone."""
+class ImagesJob(NamedTuple):
+    """An OpenAI images request's checked values, before the size is known (edits take it from the input)."""
+
+    n: int
+    prompt: str
+    steps: int
+    seed: int
+    loras: tuple[LoraChoice, ...]
+
+
+def check_images_params(req: ImagesParams, cfg: AppConfig) -> ImagesJob:
+    """The checks generations and edits share: model, response_format, n, prompt, steps, seeds, LoRA."""
     names = served_model_names(cfg)
     if req.model is not None and req.model not in names:
         raise InvalidRequest("model", f"model '{req.model}' is not served here; use '{cfg.model_name}'", limit=names)
@@ -185,10 +231,6 @@ def specs_from_images(req: ImagesRequest, cfg: AppConfig, request_id: str) -> li
     max_n = cfg.limits.max_images_per_request
     if not 1 <= req.n <= max_n:
         raise InvalidRequest("n", f"n={req.n} is outside [1, {max_n}]", limit=[1, max_n])
-    if req.size in (None, "auto"):
-        width, height = cfg.defaults.width, cfg.defaults.height
-    else:
-        width, height = _check_size(req.size, cfg)
     prompt, steps, seed = (
         _check_prompt(req.prompt, cfg),
         _check_steps(req.num_inference_steps, cfg),
@@ -196,9 +238,32 @@ def specs_from_images(req: ImagesRequest, cfg: AppConfig, request_id: str) -> li
     )
     if seed + req.n - 1 > MAX_SEED:
         raise InvalidRequest("seed", f"seed + n - 1 must stay <= {MAX_SEED}", limit=[0, MAX_SEED])
+    return ImagesJob(req.n, prompt, steps, seed, check_loras(req.lora, cfg))
+
+
+def fan_out(
+    job: ImagesJob, width: int, height: int, request_id: str, edit: EditInput | None = None
+) -> list[GenerationSpec]:
+    """n images: seeds seed, seed+1, ... so each is reproducible alone."""
     return [
         GenerationSpec(
-            prompt=prompt, width=width, height=height, steps=steps, seed=seed + i, request_id=f"{request_id}/{i}"
+            prompt=job.prompt,
+            width=width,
+            height=height,
+            steps=job.steps,
+            seed=job.seed + i,
+            request_id=f"{request_id}/{i}",
+            edit=edit,
+            loras=job.loras,
         )
-        for i in range(req.n)
+        for i in range(job.n)
     ]
+
+
+def specs_from_images(req: ImagesRequest, cfg: AppConfig, request_id: str) -> list[GenerationSpec]:
+    job = check_images_params(req, cfg)
+    if req.size in (None, "auto"):
+        width, height = cfg.defaults.width, cfg.defaults.height
+    else:
+        width, height = check_size(req.size, cfg)
+    return fan_out(job, width, height, request_id)
