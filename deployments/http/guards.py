@@ -1,4 +1,5 @@
-"""ASGI middleware that rejects before any parsing: oversized bodies (413) and missing API keys (401).
+"""ASGI middleware that rejects before any parsing: oversized bodies (413; the limit is per path, edits upload images)
+and missing API keys (401).
 
 The Ingress constructor calls `configure_guard()` in its replica process; the middleware reads those settings on every
 request. They live in this module on purpose: Serve pickles a `@serve.ingress` class *by value*, so a global of
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,16 +23,24 @@ OPEN_PATHS = frozenset({"/healthz"})
 
 @dataclass
 class GuardSettings:
-    max_body_bytes: int
+    max_body_bytes: int  # every path but those in path_limits (JSON routes: small)
     api_key: str | None = None
+    path_limits: dict[str, int] = field(default_factory=dict)  # e.g. multipart uploads: larger
+
+    def body_limit(self, scope: Scope) -> int:
+        """The limit of the route this request goes to (the path without a route prefix or a trailing slash)."""
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return self.path_limits.get(path.rstrip("/"), self.max_body_bytes)
 
 
 _SETTINGS: GuardSettings | None = None  # this process's settings, set by configure_guard()
 
 
-def configure_guard(max_body_bytes: int, api_key: str | None) -> None:
+def configure_guard(max_body_bytes: int, api_key: str | None, path_limits: dict[str, int] | None = None) -> None:
     global _SETTINGS
-    _SETTINGS = GuardSettings(max_body_bytes, api_key or None)
+    _SETTINGS = GuardSettings(max_body_bytes, api_key or None, dict(path_limits or {}))
 
 
 def current_guard() -> GuardSettings | None:
@@ -80,7 +89,7 @@ class GuardMiddleware:
                     error_body("authentication_error", "missing or invalid API key (Authorization: Bearer)"),
                     [(b"www-authenticate", b"Bearer")],
                 )
-        limit = settings.max_body_bytes
+        limit = settings.body_limit(scope)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _send_json(
@@ -93,7 +102,7 @@ class GuardMiddleware:
                     limit=limit,
                 ),
             )
-        # Bodies are small (JSON prompts): buffer up to the limit, then replay to the app.
+        # Buffer up to this path's limit (JSON prompts: 64 KiB; an edit's images: MiBs), then replay to the app.
         chunks, received, more = [], 0, True
         while more:
             message = await receive()
