@@ -1,26 +1,31 @@
 """HTTP ingress (CPU replicas): a thin Serve shell over the FastAPI routes.
 
-Routes: POST /v1/images/generations (OpenAI), POST /generate (image bytes), GET /v1/models, GET /info, GET /healthz.
-Validation lives in deployments/http/validation.py, the call to the GPU deployment in deployments/http/serving.py.
+Routes: POST /v1/images/generations and /v1/images/edits (OpenAI), POST /generate (image bytes), GET /v1/models,
+GET /info, GET /healthz. Validation lives in deployments/http/validation.py (edits: deployments/http/edits.py), the
+call to the GPU deployment in deployments/http/serving.py.
 """
 
 import asyncio
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from fastapi import Response
+from fastapi import Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
+from deployments.http.edits import EDITS_PATH, edit_request_body, edit_upload, read_form, specs_from_edit
 from deployments.http.errors import ApiError
 from deployments.http.guards import configure_guard, current_guard
-from deployments.http.image_encoding import MEDIA_TYPES, encode_b64, encode_image
+from deployments.http.image_encoding import MEDIA_TYPES, ImageFormat, encode_b64, encode_image
 from deployments.http.openapi import api, document_limits
-from deployments.http.protocol import GenerateRequest, ImageData, ImagesRequest, ImagesResponse
+from deployments.http.protocol import GenerateRequest, ImageData, ImagesParams, ImagesRequest, ImagesResponse
 from deployments.http.serving import GenerationClient, result_headers
 from deployments.http.validation import output_encoding, specs_from_generate, specs_from_images
+from deployments.messages import GenerationSpec
 from deployments.observability.metrics import IngressMetrics
 from deployments.observability.replica import replica_id
 from deployments.presets import presets_info
@@ -36,53 +41,76 @@ class Ingress:
         api_key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
         if self.cfg.api_key_env and not api_key:
             raise RuntimeError(f"api_key_env={self.cfg.api_key_env} is configured but that variable is empty")
-        configure_guard(self.cfg.limits.max_body_bytes, api_key)
+        # Edits upload images: their own, larger body limit; every other route takes small JSON bodies.
+        configure_guard(self.cfg.limits.max_body_bytes, api_key, {EDITS_PATH: self.cfg.limits.max_edit_body_bytes})
         document_limits(api, self.cfg.limits)
 
-    def _observe(self, route: str, start: float, code: int) -> None:
-        self.metrics.latency.observe(time.perf_counter() - start, tags={"route": route, "code": str(code)})
+    @contextmanager
+    def _observed(self, route: str) -> Iterator[None]:
+        """Latency by route and status: 200, an ApiError's status, 500 for anything else (or a cancelled request)."""
+        start, code = time.perf_counter(), 500
+        try:
+            yield
+            code = 200
+        except ApiError as exc:
+            code = exc.status
+            raise
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - start, tags={"route": route, "code": str(code)})
+
+    async def _images(
+        self, req: ImagesParams, specs: list[GenerationSpec], fmt: ImageFormat, quality: int | None, response: Response
+    ) -> ImagesResponse:
+        """OpenAI's images answer (generations and edits): b64 images encoded off the event loop, X-* headers."""
+        results = await self.client.run(specs, [lora.name for lora in req.lora or ()])
+        encoded = await asyncio.gather(*(asyncio.to_thread(encode_b64, r.image, fmt, quality) for r in results))
+        response.headers.update(result_headers(results))
+        return ImagesResponse(
+            created=int(time.time()), data=[ImageData(b64_json=b) for b in encoded], output_format=fmt
+        )
 
     @api.post("/v1/images/generations", response_model=ImagesResponse)
     async def images_generations(self, body: ImagesRequest, response: Response) -> ImagesResponse:
-        start, code = time.perf_counter(), 500
-        try:
+        with self._observed("/v1/images/generations"):
             fmt, quality = output_encoding(body)
-            results = await self.client.run(specs_from_images(body, self.cfg, uuid.uuid4().hex))
-            encoded = await asyncio.gather(*(asyncio.to_thread(encode_b64, r.image, fmt, quality) for r in results))
-            response.headers.update(result_headers(results))
-            code = 200
-            return ImagesResponse(
-                created=int(time.time()), data=[ImageData(b64_json=b) for b in encoded], output_format=fmt
-            )
-        except ApiError as exc:
-            code = exc.status
-            raise
-        finally:
-            self._observe("/v1/images/generations", start, code)
+            specs = specs_from_images(body, self.cfg, uuid.uuid4().hex)
+            return await self._images(body, specs, fmt, quality, response)
+
+    @api.post(EDITS_PATH, response_model=ImagesResponse, openapi_extra={"requestBody": edit_request_body()})
+    async def images_edits(self, request: Request, response: Response) -> ImagesResponse:
+        """OpenAI's images edit (multipart): image-to-image, or inpainting where the mask is transparent."""
+        with self._observed(EDITS_PATH):
+            upload = edit_upload(await read_form(request))
+            fmt, quality = output_encoding(upload.request)
+            specs = await asyncio.to_thread(specs_from_edit, upload, self.cfg, uuid.uuid4().hex)  # decodes images
+            return await self._images(upload.request, specs, fmt, quality, response)
 
     @api.post("/generate", response_class=Response, responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
     async def generate(self, body: GenerateRequest) -> Response:
-        start, code = time.perf_counter(), 500
-        try:
+        with self._observed("/generate"):
             fmt, quality = output_encoding(body)
-            (result,) = await self.client.run(specs_from_generate(body, self.cfg, uuid.uuid4().hex))
+            specs = specs_from_generate(body, self.cfg, uuid.uuid4().hex)
+            (result,) = await self.client.run(specs, [lora.name for lora in body.lora or ()])
             data = await asyncio.to_thread(encode_image, result.image, fmt, quality)
-            code = 200
             return Response(content=data, media_type=MEDIA_TYPES[fmt], headers=result_headers([result]))
-        except ApiError as exc:
-            code = exc.status
-            raise
-        finally:
-            self._observe("/generate", start, code)
 
     @api.get("/v1/models")
     async def models(self) -> dict:
-        return {
-            "object": "list",
-            "data": [
-                {"id": self.cfg.model_name, "object": "model", "owned_by": "tongyi-mai", "source": self.cfg.model.label}
-            ],
-        }
+        """The model, then one entry per LoRA adapter a generator replica has loaded (vLLM's shape)."""
+        model = {"id": self.cfg.model_name, "object": "model", "owned_by": "tongyi-mai", "source": self.cfg.model.label}
+        adapters = await self.generator.adapters.remote() if self.cfg.lora is not None else []
+        entries = [
+            {
+                "id": a["name"],
+                "object": "model",
+                "owned_by": "zimage-serve",
+                "parent": self.cfg.model_name,
+                "root": a["source"],
+            }
+            for a in adapters
+            if a.get("status", "loaded") == "loaded"  # one that failed to load is not served
+        ]
+        return {"object": "list", "data": [model, *entries]}
 
     @api.get("/info")
     async def info(self) -> dict:
@@ -94,6 +122,7 @@ class Ingress:
             "model_source": self.cfg.model.label,
             "limits": self.cfg.limits.model_dump(),
             "defaults": self.cfg.defaults.model_dump(),
+            "lora": self.cfg.lora.model_dump() if self.cfg.lora is not None else None,
             "presets": presets_info(self.cfg.limits),
             "auth": bool(guard and guard.api_key),
             "ingress": {"replica": replica_id(), "pid": os.getpid()},

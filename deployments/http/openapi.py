@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from deployments.config import RequestLimits
+from deployments.http.edits import EDITS_PATH
 from deployments.http.errors import install_error_handlers
 from deployments.http.guards import GuardMiddleware
 from deployments.http.protocol import ErrorResponse
@@ -26,7 +27,10 @@ def _error(description: str, retry_after: bool = False) -> dict:
 
 ERROR_RESPONSES: dict[int | str, dict] = {
     401: _error("Missing or invalid API key (only when the service is configured with one)."),
-    413: _error("Request body larger than `limits.max_body_bytes`."),
+    413: _error(
+        "Request body larger than the route's limit: `limits.max_edit_body_bytes` for POST /v1/images/edits, "
+        "`limits.max_body_bytes` for the others (`x-max-body-bytes` on each operation)."
+    ),
     422: _error("Invalid request: `param` names the field, `limit` the bound it broke."),
     500: _error("Generation failed (e.g. out of memory even at batch 1)."),
     503: _error(
@@ -47,8 +51,8 @@ api.add_middleware(GuardMiddleware)  # settings: configure_guard() in Ingress.__
 
 
 def document_limits(app: FastAPI, limits: RequestLimits) -> None:
-    """Put this deployment's size limits and the allowed presets into /openapi.json (the pydantic models cannot carry
-    them: limits come from serve_config.yaml)."""
+    """Put this deployment's size and body limits and the allowed presets into /openapi.json (the pydantic models
+    cannot carry them: limits come from serve_config.yaml)."""
     from deployments.presets import PRESETS  # noqa: PLC0415 (keeps the module import light)
 
     allowed = [p.size for p in PRESETS if limits.allows(p.width, p.height)]
@@ -69,14 +73,32 @@ def document_limits(app: FastAPI, limits: RequestLimits) -> None:
                     f"{limits.max_side}]; {area}."
                 )
                 prop["x-limits"] = side
-        size = comps.get("ImagesRequest", {}).get("properties", {}).get("size")
-        if size is not None:
+        paths = schema.get("paths", {})
+        edit_form = paths.get(EDITS_PATH, {}).get("post", {}).get("requestBody", {}).get("content", {})
+        edit_form = edit_form.get("multipart/form-data", {}).get("schema", {})
+        for form, auto in ((comps.get("ImagesRequest", {}), "the default size"), (edit_form, "the input's size")):
+            size = form.get("properties", {}).get("size")
+            if size is None:
+                continue
             size["description"] = (
                 f"`WIDTHxHEIGHT` (sides multiples of {limits.side_multiple} in [{limits.min_side}, {limits.max_side}], "
-                f"{area}), a preset label such as `832x1248 ( 2:3 )`, or `auto`. A size outside the limits gets a "
-                "422 naming the nearest valid size. Official presets allowed here: " + (", ".join(allowed) or "none")
+                f"{area}), a preset label such as `832x1248 ( 2:3 )`, or `auto` ({auto}). A size outside the limits "
+                "gets a 422 naming the nearest valid size. Official presets allowed here: "
+                + (", ".join(allowed) or "none")
             )
             size["examples"] = allowed[:3] or ["auto"]
+        for path, ops in paths.items():
+            if "post" in ops:
+                big = path == EDITS_PATH
+                ops["post"]["x-max-body-bytes"] = limits.max_edit_body_bytes if big else limits.max_body_bytes
+        if EDITS_PATH in paths:
+            paths[EDITS_PATH]["post"]["description"] = (
+                "OpenAI's images edit (multipart/form-data): image-to-image, or inpainting where the mask is fully "
+                f"transparent. Body at most {limits.max_edit_body_bytes} bytes (`limits.max_edit_body_bytes`; "
+                f"JSON routes: {limits.max_body_bytes}); the image and mask at most {limits.max_input_pixels} pixels "
+                "each (`limits.max_input_pixels`), PNG, JPEG or WebP; the output size follows the same limits as "
+                "generations."
+            )
         schema.setdefault("info", {})["x-limits"] = {**limits.model_dump(), "presets": allowed}
         app.openapi_schema = schema
         return schema
