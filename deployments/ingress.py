@@ -122,7 +122,6 @@ class Ingress:
             "model_source": self.cfg.model.label,
             "limits": self.cfg.limits.model_dump(),
             "defaults": self.cfg.defaults.model_dump(),
-            "lora": self.cfg.lora.model_dump() if self.cfg.lora is not None else None,
             "presets": presets_info(self.cfg.limits),
             "auth": bool(guard and guard.api_key),
             "ingress": {"replica": replica_id(), "pid": os.getpid()},

@@ -33,7 +33,7 @@ def _lora_field():
     return Field(
         None,
         description='LoRA adapters, e.g. `[{"name": "ink-style", "scale": 0.8}]` (names: `GET /v1/models`; how many '
-        "and which scales: `GET /info` `lora`).",
+        "and which scales: `GET /info` `generator.lora.settings`).",
     )
 
 
