@@ -26,6 +26,7 @@ from deployments.observability.gpu_info import probe_gpu
 from deployments.observability.metrics import GeneratorMetrics
 from deployments.observability.replica import replica_id
 from deployments.observability.replica_gpu_metrics import start_replica_gpu_metrics
+from deployments.pipeline.compilation import compiled_graphs
 from deployments.pipeline.devices import resolve_device, resolve_dtype
 from deployments.pipeline.engine import ZImageEngine
 from deployments.pipeline.loading import PipelineFactory, load_pipeline
@@ -172,6 +173,7 @@ class ZImageGenerator:
             "batching": {**self.state.as_dict(), "waiting_for_gpu": self.gate.waiting},
             "user_config": uc.model_dump(mode="json") if uc else None,
             "compile": self.cfg.compile and eng.on_gpu,
+            "compiled_graphs": compiled_graphs(),
             "compile_vae": self.cfg.compile and self.cfg.compile_vae and eng.on_gpu,
             "fp8_dit": {"enabled": self.cfg.fp8_dit, "fp8_linear_layers": eng.fp8_layers},
             "text_encoder": eng.encoder_info,

@@ -90,3 +90,11 @@ def warm_up_shapes(
         if side is not None and (side, side) not in seen:
             out.append((side, side))
     return out
+
+
+def compiled_graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far (each recompile adds one): /info shows it, so an operator (or
+    the GPU bench) can see that serving, adapter switches included, compiles nothing after the warm-up."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
