@@ -285,8 +285,11 @@ def main() -> None:
     ap.add_argument("--cache-dir", default="/tmp/zimage-edits-cache")
     ap.add_argument("--rate", type=float, default=1.0, help="switching phase: open-loop requests per second")
     ap.add_argument("--seconds", type=float, default=60.0, help="switching phase length")
+    ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--budget-s", type=float, default=560, help="skip the no-slots baseline when time runs short")
     a = ap.parse_args()
+    global PORT, BASE
+    PORT, BASE = a.port, f"http://127.0.0.1:{a.port}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     arch = RandomArch.TINY if a.smoke else RandomArch.FULL
     size = (256, 256) if a.smoke else (1024, 1024)
