@@ -87,8 +87,9 @@ def args_for(smoke: bool, cache_dir: str) -> dict:
     }
 
 
-def deploy(args: dict, loras: dict, smoke: bool) -> None:
-    """What `serve deploy` sends: a user_config-only change is applied live by reconfigure()."""
+def deploy(args: dict, loras: dict, smoke: bool, wait: bool = False) -> None:
+    """What `serve deploy` sends: a user_config-only change is applied live by reconfigure(). `wait`: until the app
+    runs (Serve gives up after 60 s: not for a start that compiles; `wait_ready` polls /info then)."""
     generator = {
         "name": "Generator",
         "num_replicas": 1,
@@ -112,7 +113,7 @@ def deploy(args: dict, loras: dict, smoke: bool) -> None:
         ],
     }
     serve_start(http_options={"host": "127.0.0.1", "port": PORT}).deploy_apps(
-        ServeDeploySchema.parse_obj(schema), _blocking=True
+        ServeDeploySchema.model_validate(schema), _blocking=wait
     )
 
 
@@ -232,7 +233,7 @@ async def switching_under_load(wl: Workloads, rate: float, seconds: float, add_a
     async def add_adapter():
         await asyncio.sleep(add_at_s)
         t = time.perf_counter()
-        await asyncio.to_thread(deploy, args, loras, smoke)  # loras now includes "late"
+        await asyncio.to_thread(deploy, args, loras, smoke, True)  # loras now includes "late"
         added["s"] = round(time.perf_counter() - t, 2)
         added["at_s"] = round(t - t0, 2)
         mix.append(("generate", [{"name": "late", "scale": 1.0}]))
