@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED
+from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED, EDIT_INPUTS, TASKS, Lora
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -37,6 +37,46 @@ def user_config_item(text: str) -> tuple[str, object]:
     if key.strip() == "max_batch_size":
         raise argparse.ArgumentTypeError("max_batch_size is set per row by --grid")
     return key.strip(), yaml.safe_load(value)
+
+
+def lora_item(text: str) -> Lora:
+    """`ink` or `ink:0.8` -> Lora("ink", 0.8)."""
+    try:
+        return Lora.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def strength_value(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="generate",
+        help="edit / inpaint: POST /v1/images/edits with images the service generates first (inpaint: plus a mask "
+        "transparent in the middle)",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=lora_item,
+        metavar="NAME[:SCALE]",
+        help="a LoRA adapter every request names (repeat to combine; no scale: the adapter's configured one)",
+    )
+    p.add_argument(
+        "--strength",
+        type=strength_value,
+        default=None,
+        help="edit / inpaint strength in (0, 1] (default: the service's, from its /info)",
+    )
+    p.add_argument("--edit-inputs", type=int, default=EDIT_INPUTS, help="edit / inpaint: distinct input images")
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
@@ -81,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cooldown", action="store_true", help="closed loop: keep sending (unmeasured) until the measured requests end"
     )
+    _task_args(p)
     _workload_args(p)
     _http_args(p)
 

@@ -149,6 +149,16 @@ def _run_size(size: str | None, info: dict) -> tuple[int, int]:
     return 1024, 1024
 
 
+def _edit_strength(task: str, strength: float | None, info: dict) -> float | None:
+    """`--strength`, else the service's default for the task (its /info), so the run records what ran."""
+    if task == "generate" or strength is not None:
+        return strength
+    default = (info.get("defaults") or {}).get("inpaint_strength" if task == "inpaint" else "edit_strength")
+    if default is None:
+        logger.warning("the service's default %s strength is unknown (no /info): DiT FLOPs count every step", task)
+    return default
+
+
 def cmd_run(args) -> int:
     import httpx
 
@@ -156,15 +166,33 @@ def cmd_run(args) -> int:
     from bench.progress import request_bar
     from bench.stats import request_stats
     from bench.sweep import log_failures
-    from bench.workload import Workload
+    from bench.workload import Workload, prepare_edits
 
+    if args.task == "generate" and args.strength is not None:
+        logger.error("--strength is for --task edit or inpaint")
+        return 2
     try:
         info = httpx.get(args.url.rstrip("/") + "/info", headers=_auth(args), timeout=30).json()
     except Exception as exc:
         logger.warning("could not read %s/info: %s", args.url, exc)
         info = {}
     w, h = _run_size(args.size, info)
-    workload = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint, args.output_format)
+    workload = Workload(
+        w,
+        h,
+        args.steps,
+        args.prompt_mode,
+        args.prompt,
+        args.seed,
+        args.endpoint,
+        args.output_format,
+        task=args.task,
+        loras=tuple(args.lora),
+        strength=_edit_strength(args.task, args.strength, info),
+    )
+    if workload.is_edit:
+        logger.info("%s: generating %d input image(s) at %dx%d through /generate", args.task, args.edit_inputs, w, h)
+        workload = prepare_edits(args.url, workload, args.edit_inputs, _auth(args), args.timeout_s)
     spec = LoadSpec(
         mode=args.mode,
         concurrency=args.concurrency,
@@ -191,20 +219,20 @@ def cmd_run(args) -> int:
     run = RunFile(
         args.out / "load.json",
         "load",
-        f"load run ({load})",
+        f"load run ({load}; {workload.title()})",
         info.get("model_source", "unknown"),
         environment.capture(args.gpu_index),
         settings,
     )
     run.set(service=info)
     with _sampler(args) as tel:
-        with request_bar(args.warmup_requests + args.requests, f"{w}x{h}") as on_done:
+        with request_bar(args.warmup_requests + args.requests, f"{w}x{h} {args.task}") as on_done:
             phases = run_load(args.url, workload, spec, on_done=on_done, headers=_auth(args))
         records = [r.as_dict() for p in phases.values() for r in p.records]
         stats = request_stats([r for r in records if r["phase"] == "measure"])
         samples = tel["sampler"].window(stats["window_start"], stats["window_end"]) if tel["sampler"] else []
         eff = ((info.get("generator") or {}).get("batching") or {}).get("effective_max_batch")
-        key = {"width": w, "height": h, "steps": args.steps, "batch_size": eff}
+        key = {"width": w, "height": h, "steps": args.steps, "batch_size": eff, **workload.row_tags()}
         extra = {"load_mode": args.mode, "concurrency": args.concurrency, "rate_rps": args.rate}
         run.data["telemetry"]["na"] = tel["na"]()
         run.add_row(key, stats, samples, extra, records)

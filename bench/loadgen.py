@@ -9,7 +9,8 @@ service said "not now") or error (any other status, a client-side exception, a t
 duration bound), so `sent == ok + rejected + errors` holds by construction and `summarize` checks it.
 
 Two entry points share the request path (`send_one`) and the Poisson schedule (`poisson_offsets`):
-- `LoadDriver` / `run_load`: bench's phased runs of a `Workload` (warm-up, measured phase, optional cooldown), bounded
+- `LoadDriver` / `run_load`: bench's phased runs of a `Workload` (warm-up, measured phase, optional cooldown; JSON
+  generations or multipart edits, whatever the workload's `request(i).send` posts), bounded
   by a request count and a duration; requests still in flight `drain_s` after the duration are cancelled. With
   `cooldown` the clients keep sending (unmeasured) until every measured request is answered, so a batching server's
   throughput is not understated by the partial batches of its own tail.
@@ -137,18 +138,18 @@ class LoadDriver:
     async def _one(self, client, phase: Phase, scheduled_mono: float, steps: int | None) -> None:
         index = self._next_index
         self._next_index += 1
-        path, body = self.workload.request(index, steps)
+        req = self.workload.request(index, steps)
         rec = RequestRecord(
             index=index,
             phase=phase.name,
             scheduled_t=self.clock.wall(scheduled_mono),
             sent_t=self.clock.wall(),
             due_s=scheduled_mono - self.clock.mono0,
-            seed=body.get("seed"),
-            steps=body.get("num_inference_steps"),
+            seed=req.body.get("seed"),
+            steps=req.body.get("num_inference_steps"),
         )
         phase.records.append(rec)
-        await send_one(client, lambda c: c.post(path, json=body), rec, self.clock, self.spec.timeout_s, self.on_done)
+        await send_one(client, req.send, rec, self.clock, self.spec.timeout_s, self.on_done)
 
     async def _closed(
         self, client, name: str, concurrency: int, requests: int, steps: int | None, cooldown: Phase | None = None

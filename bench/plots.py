@@ -108,7 +108,8 @@ def plot_run(run: dict, out_dir: Path, stem: str) -> dict[str, Path]:
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"Latency CDF, {w}x{h}")
         ax.set_xlim(left=0)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a row without any answered request draws nothing
+            ax.legend(fontsize=7)
     paths["plot_latency_cdf"] = _finish(fig, caption, out_dir / f"{stem}_latency_cdf.png")
     return paths
 

@@ -61,11 +61,13 @@ class RunFile:
         self.data.update(fields)
 
     def add_row(self, key: dict, stats: dict, samples: list, extra: dict, requests: list[dict]) -> dict:
-        """key: width/height/steps/batch_size; stats: from stats.request_stats (or the baseline equivalent)."""
+        """key: width/height/steps/batch_size (and `dit_steps` when an edit runs fewer DiT forwards than `steps`);
+        stats: from stats.request_stats (or the baseline equivalent)."""
         summary = {**key, **extra, **stats}
         summary.update(summarize_window(samples, stats["window_start"], stats["window_end"]))
         flops = self.arch.forward_flops(key["width"], key["height"])
-        summary.update(compute_efficiency(summary, flops, key["steps"], self.data["gpu_peak_tflops"]))
+        steps = key.get("dit_steps") or key["steps"]
+        summary.update(compute_efficiency(summary, flops, steps, self.data["gpu_peak_tflops"]))
         row = {"summary": summary, "requests": requests, "telemetry_samples": [s.as_dict() for s in samples]}
         self.data["rows"].append(row)
         self.save()

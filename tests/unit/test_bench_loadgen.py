@@ -1,31 +1,39 @@
 """Load driver properties that need a server whose slowness and failures we control.
 
 FAKE: a tiny local stdlib HTTP server that sleeps or fails on purpose (the real service cannot be made to hold a request
-for exactly 1 s, or to fail every fourth one). The properties: open-loop sends keep their Poisson schedule while the
-server is slow (latency is measured from the scheduled time), the duration bound holds with requests still in
-flight, and sent = ok + rejected + errors with every kind of outcome present.
+for exactly 1 s, or to fail every fourth one), and keeps every request it got. The properties: open-loop sends keep
+their Poisson schedule while the server is slow (latency is measured from the scheduled time), the duration bound
+holds with requests still in flight, sent = ok + rejected + errors with every kind of outcome present, and an edits
+workload sends the images the server made back as OpenAI's multipart form (bytes as received are checked here; the
+real form parser takes them in tests/service/test_bench_serve.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bench.loadgen import LoadSpec, run_load
 from bench.stats import request_stats
-from bench.workload import Workload
+from bench.workload import EDITS_PATH, Lora, Workload, prepare_edits
 
 
 class FakeServer:
-    """POST /generate: sleeps `delay_s`; with `by_seed`, seed % 4 picks 200 / 503 / 500 / hang."""
+    """POST: sleeps `delay_s`; with `by_seed`, a JSON body's seed % 4 picks 200 / 503 / 500 / hang. Keeps every
+    request as (path, content type, body bytes) in `received`."""
 
     def __init__(self, delay_s: float = 0.0, by_seed: bool = False):
         self.delay_s, self.by_seed = delay_s, by_seed
         self.arrivals: list[float] = []
+        self.received: list[tuple[str, str, bytes]] = []
         self._stop = threading.Event()
         fake = self
 
@@ -42,8 +50,9 @@ class FakeServer:
 
             def do_POST(self) -> None:
                 fake.arrivals.append(time.time())
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                kind = body["seed"] % 4 if fake.by_seed else 0
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                fake.received.append((self.path, self.headers["Content-Type"], raw))
+                kind = json.loads(raw)["seed"] % 4 if fake.by_seed else 0
                 try:
                     if kind == 1:
                         err = json.dumps({"error": {"code": "queue_full"}}).encode()
@@ -163,3 +172,54 @@ def test_cooldown_keeps_the_load_on_until_the_last_measured_answer(cooldown):
         assert all(r.phase == "cooldown" for r in cool)
     s = request_stats([r.as_dict() for r in measured])
     assert s["sent"] == s["ok"] == 5
+
+
+def _form(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body -> {field name: (file name or None, bytes)}."""
+    message = BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    assert message.is_multipart(), content_type
+    return {
+        part.get_param("name", header="content-disposition"): (part.get_filename(), part.get_payload(decode=True))
+        for part in message.get_payload()
+    }
+
+
+def test_an_inpaint_workload_sends_the_images_it_had_made_back_as_openai_multipart():
+    ink, film = Lora("ink", 0.8), Lora("film")
+    workload = Workload(256, 256, 4, mode="varied", seed=5, task="inpaint", loras=(ink, film), strength=0.5)
+    with pytest.raises(ValueError, match="prepare_edits"):
+        workload.request(0)
+    spec = LoadSpec(mode="closed", concurrency=2, requests=3)
+    with FakeServer() as server:
+        workload = prepare_edits(server.url, workload, count=2)
+        phases = run_load(server.url, workload, spec)
+        received = list(server.received)
+    made = [json.loads(raw) for path, _, raw in received if path == "/generate"]
+    assert sorted(b["seed"] for b in made) == [5, 6]  # two distinct inputs, sent before the run
+    assert all((b["width"], b["height"], b["output_format"]) == (256, 256, "png") and "lora" not in b for b in made)
+    assert workload.inputs == (b"\x89PNG fake", b"\x89PNG fake")  # the server's answers, as they came
+    edits = [_form(ctype, raw) for path, ctype, raw in received if path == EDITS_PATH]
+    assert len(edits) == 3 and all(r.outcome == "ok" for r in phases["measure"].records)
+    for form in edits:
+        text = {k: v.decode() for k, (name, v) in form.items() if name is None}
+        assert text["size"] == "256x256" and text["n"] == "1" and text["strength"] == "0.5"
+        assert text["num_inference_steps"] == "4" and text["response_format"] == "b64_json"
+        assert json.loads(text["lora"]) == [{"name": "ink", "scale": 0.8}, {"name": "film"}]
+        index = int(text["seed"]) - 5  # varied prompts: request i has seed + i and input i % 2
+        assert form["image"] == (f"input-{index % 2}.png", b"\x89PNG fake")
+        alpha = np.asarray(Image.open(io.BytesIO(form["mask"][1])).getchannel("A"))
+        assert alpha.shape == (256, 256) and alpha[128, 128] == 0 and alpha[0, 0] == alpha[255, 255] == 255
+        assert (alpha == 0).mean() == pytest.approx(0.25)  # the middle half of each side is repainted
+    assert sorted(int(form["seed"][1]) for form in edits) == [5, 6, 7]
+    tags = workload.row_tags()
+    assert tags == {"task": "inpaint", "adapter": "film+ink", "lora": "ink:0.8, film", "strength": 0.5, "dit_steps": 2}
+
+
+def test_an_edit_without_mask_or_strength_leaves_both_to_the_service():
+    workload = Workload(256, 256, 8, task="edit", inputs=(b"png",))
+    req = workload.request(0)
+    assert req.path == EDITS_PATH and set(req.files) == {"image"}
+    assert "strength" not in req.body and "lora" not in req.body and workload.dit_steps() == 8
+    assert Workload(task="edit", strength=0.6).dit_steps() == 5  # diffusers: 8 - int(8 - 4.8)
+    with pytest.raises(ValueError, match="strength"):
+        Workload(strength=0.5)  # generation has no strength

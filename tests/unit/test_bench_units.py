@@ -203,13 +203,31 @@ def test_comparison_report_shows_ratios(tmp_path):
 def test_workload_sends_the_output_format_only_when_asked():
     from bench.workload import Workload
 
-    assert "output_format" not in Workload().request(0)[1]
-    path, body = Workload(output_format="jpeg").request(0)
-    assert path == "/generate" and body["output_format"] == "jpeg"
-    path, body = Workload(endpoint="openai", output_format="webp").request(0)
+    assert "output_format" not in Workload().request(0).body
+    path, body, files = Workload(output_format="jpeg").request(0)
+    assert path == "/generate" and body["output_format"] == "jpeg" and files is None
+    path, body, _ = Workload(endpoint="openai", output_format="webp").request(0)
     assert path == "/v1/images/generations" and body["output_format"] == "webp"
     with pytest.raises(ValueError, match="output format"):
         Workload(output_format="gif")
+
+
+def test_run_parses_task_lora_and_strength(capsys):
+    from bench.cli import build_parser
+    from bench.workload import Lora, Workload
+
+    def parse(*items):
+        return build_parser().parse_args(["run", "--url", "http://x", "--out", "o", *items])
+
+    args = parse("--task", "inpaint", "--lora", "ink:0.8", "--lora", "film", "--strength", "0.7")
+    assert (args.task, args.lora, args.strength) == ("inpaint", [Lora("ink", 0.8), Lora("film")], 0.7)
+    assert parse().task == "generate" and parse().lora == []
+    for bad in (["--lora", ":1"], ["--lora", "ink:"], ["--strength", "0"], ["--strength", "1.5"], ["--task", "x"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+        assert bad[0] in capsys.readouterr().err
+    body = Workload(loras=(Lora("ink", 0.8),)).request(0).body  # JSON routes: a list of objects
+    assert body["lora"] == [{"name": "ink", "scale": 0.8}]
 
 
 def test_sweep_user_config_parses_yaml_scalars_and_refuses_the_per_row_key(capsys):
