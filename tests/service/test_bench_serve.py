@@ -3,7 +3,8 @@ the Serve REST API exactly as `bench sweep --launch` does, reconfigured live bet
 
 Checks: the observed X-Batch-Size follows the live max_batch_size change with the same replica process; counts
 reconcile when the bounded queue rejects (real 503s); `bench run` (open loop) and `bench baseline` + `bench report`
-produce their files.
+produce their files; `bench run --task edit|inpaint --lora` edits images the service made, through the real multipart
+parser, with a real (tiny, peft-made) adapter the config serves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import pytest
 
 from bench.cli import main
+from bench.flops import arch_for_source
 from bench.launcher import REPO, launched_service, load_config
 from bench.loadgen import LoadSpec, run_load
 from bench.report import write_run_report
@@ -22,23 +24,28 @@ from bench.stats import request_stats
 from bench.sweep import SweepPlan, run_sweep
 from bench.workload import Workload
 from tests import serve_harness
+from tests.lora_adapters import save_tiny_adapter
 
 HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT", "18000"))
 DASHBOARD_PORT = int(os.environ.get("ZIMAGE_TEST_DASHBOARD_PORT", str(HTTP_PORT + 65)))
 
 
-def _config() -> dict:
+def _config(adapter: str) -> dict:
     cfg = load_config(REPO / "bench/configs/cpu_smoke.yaml", HTTP_PORT)
-    gen = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "Generator")
+    app = cfg["applications"][0]
+    app["args"]["lora"] = {"max_rank": 8}  # adapter slots, for `bench run --lora`
+    gen = next(d for d in app["deployments"] if d["name"] == "Generator")
     gen["max_ongoing_requests"], gen["max_queued_requests"] = 8, 8  # small bounded queue: overload -> 503
+    gen["user_config"]["loras"] = {"ink": {"source": adapter}}
     return cfg
 
 
 @pytest.fixture(scope="module")
-def service():
+def service(tmp_path_factory):
     # The bench starts its own Ray in this process (as `bench sweep --launch` does): end the tests' shared cluster.
     serve_harness.stop_cluster()
-    with launched_service(_config(), dashboard_port=DASHBOARD_PORT, num_cpus=4, ready_timeout_s=300) as svc:
+    adapter = str(save_tiny_adapter(tmp_path_factory.mktemp("lora") / "ink"))
+    with launched_service(_config(adapter), dashboard_port=DASHBOARD_PORT, num_cpus=4, ready_timeout_s=300) as svc:
         yield svc
 
 
@@ -101,6 +108,45 @@ def test_cli_open_loop_run(service, tmp_path):
     assert s["ok"] == s["sent"] == 6 and s["offered_rate_rps"] > 0
     assert (s["width"], s["height"]) == (256, 256)
     assert (tmp_path / "load.md").exists() and (tmp_path / "load_latency_cdf.png").exists()
+
+
+def _cli_run(url: str, out, *options: str) -> tuple[int, dict]:
+    code = main(["run", "--url", url, "--steps", "4", "--prompt-mode", "varied", *options, "--out", str(out)])
+    return code, json.loads((out / "load.json").read_text())
+
+
+def test_cli_inpaint_run_with_an_adapter(service, tmp_path):
+    """Inputs made through /generate, sent back to /v1/images/edits with a mask and `lora` as a JSON form field."""
+    options = ("--task", "inpaint", "--lora", "ink:0.5", "--strength", "0.5", "--edit-inputs", "2")
+    code, data = _cli_run(service.url, tmp_path, *options, "--concurrency", "2", "--requests", "4")
+    s = data["rows"][0]["summary"]
+    assert code == 0 and s["ok"] == s["sent"] == 4, data["rows"][0]["requests"]
+    assert (s["task"], s["adapter"], s["lora"], s["strength"], s["dit_steps"]) == ("inpaint", "ink", "ink:0.5", 0.5, 2)
+    dit = arch_for_source("random:tiny").forward_flops(256, 256)
+    assert s["dit_tflop_per_image"] == pytest.approx(2 * dit / 1e12)  # FLOPs of the 2 DiT steps that ran, not 4
+    st = data["settings"]
+    assert st["endpoint"] == "edits" and st["edit_inputs"]["images"] == 2
+    assert st["lora"] == [{"name": "ink", "scale": 0.5}]
+    assert "inpaint, strength 0.5, LoRA ink:0.5" in data["label"]
+    md = (tmp_path / "load.md").read_text()
+    assert "## 256x256, 4 steps, inpaint, strength 0.5 (2 DiT steps), LoRA ink:0.5" in md
+    assert "2 of 4 steps run the DiT; LoRA ink:0.5 (metric tag adapter=ink)" in md
+
+
+def test_cli_edit_run_takes_the_service_default_strength(service, tmp_path):
+    code, data = _cli_run(service.url, tmp_path, "--task", "edit", "--edit-inputs", "1", "--requests", "2")
+    s = data["rows"][0]["summary"]
+    assert code == 0 and s["ok"] == s["sent"] == 2
+    assert (s["task"], s["adapter"], s["strength"], s["dit_steps"]) == ("edit", "none", 0.6, 3)  # /info's default
+
+
+def test_cli_edit_run_with_an_unknown_adapter_is_refused(service, tmp_path):
+    """The multipart `lora` field reaches the service: an adapter it does not serve is a 422 naming the field."""
+    options = ("--task", "edit", "--lora", "nosuch", "--edit-inputs", "1", "--requests", "2")
+    code, data = _cli_run(service.url, tmp_path, *options)
+    records = data["rows"][0]["requests"]
+    assert code == 1 and {(r["status"], r["outcome"]) for r in records} == {(422, "error")}
+    assert all("nosuch" in r["error"] for r in records), records[0]["error"]
 
 
 def test_baseline_and_comparison_report(sweep, tmp_path):
