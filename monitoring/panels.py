@@ -302,7 +302,57 @@ GPU = RowSpec(
     ),
 )
 
-ROWS: tuple[RowSpec, ...] = (TRAFFIC, LATENCY, BATCHING, REPLICAS, GPU)
+
+def _images_by(label: str, title: str, description: str) -> PanelSpec:
+    """Images out of the pipeline per second, one series per value of one of the counter's tags."""
+    query = Query(_rate("ray_zimage_images_generated_total", by=label), "{{" + label + "}}")
+    return PanelSpec(title, description, (query,), width=6)
+
+
+# Last, so the panel ids of the rows above (links like ?viewPanel=N) stay what they were.
+WORK = RowSpec(
+    "Tasks and LoRA adapters",
+    (
+        _images_by(
+            "task",
+            "Images / s by task",
+            "Images out of the pipeline by task: generate (text to image), edit (image to image, POST "
+            "/v1/images/edits without a mask), inpaint (with a mask).",
+        ),
+        _images_by(
+            "adapter",
+            "Images / s by LoRA adapter set",
+            "Images out of the pipeline by the adapters their requests named (names joined by '+'; none: the base "
+            "model).",
+        ),
+        PanelSpec(
+            "GPU seconds per image by task",
+            "Pipeline wall time of a batch divided by its images, p50 and p90 over batches, per task. An edit runs "
+            "strength x steps of the DiT (plus a VAE encode); inpainting defaults to strength 1.",
+            tuple(
+                Query(_quantile(q, "ray_zimage_gpu_seconds_per_image", REP, "task"), f"p{round(q * 100)} {{{{task}}}}")
+                for q in (0.5, 0.9)
+            ),
+            unit="s",
+            width=6,
+        ),
+        PanelSpec(
+            "Batch size by task and adapter set",
+            "Mean images per pipeline call: requests share a call only with the same task, shape, strength and "
+            "adapter set, so mixed traffic makes smaller batches than one kind alone.",
+            (
+                Query(
+                    f"{_rate('ray_zimage_images_generated_total', by='task, adapter')}"
+                    f" / {_rate('ray_zimage_batch_size_count', by='task, adapter')}",
+                    "{{task}} {{adapter}}",
+                ),
+            ),
+            width=6,
+        ),
+    ),
+)
+
+ROWS: tuple[RowSpec, ...] = (TRAFFIC, LATENCY, BATCHING, REPLICAS, GPU, WORK)
 
 # ---- DCGM variant: the same GPU questions answered by NVIDIA's dcgm-exporter (GPU operator) -------------------------
 # dcgm-exporter labels each GPU's series with the pod using it: `pod`/`namespace` when Prometheus honours the

@@ -1,6 +1,7 @@
 """Every dashboard query returns data from a real Prometheus scraping a real Ray Serve app under load.
 
-Real: Ray Serve on CPU with the tiny random model, HTTP load (valid and bad requests, overload), Prometheus
+Real: Ray Serve on CPU with the tiny random model, HTTP load (valid and bad requests, edits and inpainting beside
+generations, overload), Prometheus
 (`prometheus` binary, 1 s scrape) running the committed scrape config and rules. Faked, because a CPU has no CUDA:
 out-of-memory errors (tests.fakes.WrappingFactory raises torch.OutOfMemoryError for batches above 2 and for one
 seed), so the OOM-split and failure series exist. Exempt, because only a GPU produces them: the panels in
@@ -9,6 +10,7 @@ GPU_ONLY_PANELS (NVML/GPM gauges); any other empty panel fails the test.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -19,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from PIL import Image
 
+from bench.workload import inpaint_mask
 from monitoring import dashboard, dashboard_queries
 from monitoring.local_prometheus import ray_metrics_targets, start_prometheus, write_sd_file
 from tests import serve_harness
@@ -45,8 +49,25 @@ FAILING_SEED = 13  # OOMs even alone -> 500 with generation failure reason "oom"
 CLIENTS, LOAD_S = 32, 10.0
 
 
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+EDIT_IMAGE = _png(Image.new("RGB", (256, 256), (200, 40, 40)))
+MASK = inpaint_mask(256, 256)
+
+
 def _request(client: httpx.Client, i: int) -> int:
-    """Mostly valid requests; every 7th is invalid for the ingress (422), every 11th for FastAPI (422)."""
+    """Mostly valid generations; every 7th is invalid for the ingress (422), every 11th for FastAPI (422); one in 5
+    an edit, every other one of them with a mask (inpaint), so the panels by task have three tasks."""
+    if i % 10 in (4, 7):
+        files = {"image": ("in.png", EDIT_IMAGE, "image/png")}
+        if i % 10 == 7:
+            files["mask"] = ("mask.png", MASK, "image/png")
+        form = {"prompt": f"the same, in blue #{i}", "num_inference_steps": "2", "seed": str(1000 + i)}
+        return client.post("/v1/images/edits", data=form, files=files).status_code
     if i % 7 == 3:
         body = {"prompt": "too small", "width": 100, "height": 256}
     elif i % 11 == 5:
@@ -164,6 +185,23 @@ def test_every_dashboard_query_returns_data(loaded):
         if points == 0 and q.panel not in GPU_ONLY_PANELS and (q.panel, q.ref_id) not in GPU_ONLY_TARGETS:
             empty.append(f"{q.panel} [{q.ref_id}] {q.expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_task_and_adapter_panels_split_the_traffic(loaded):
+    """The service's task tag reaches the panels: generations, edits and inpainting each have their own series (no
+    adapters are configured here: all `none`)."""
+    prom, start, end, *_ = loaded
+    queries = {(q.panel, q.ref_id): q for q in dashboard_queries.load(uid=dashboard.UID)}
+
+    def labels(panel: str, label: str, ref_id: str = "A") -> set[str]:
+        result = prom.query_range(queries[(panel, ref_id)].promql(rate_interval="10s"), start, end, step=1)
+        return {series["metric"].get(label) for series in result if _finite_points([series])}
+
+    tasks = {"generate", "edit", "inpaint"}
+    assert labels("Images / s by task", "task") == tasks
+    assert labels("Images / s by LoRA adapter set", "adapter") == {"none"}
+    assert labels("GPU seconds per image by task", "task") == tasks
+    assert labels("Batch size by task and adapter set", "task") == tasks
 
 
 def test_variables_resolve(loaded):
