@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from deployments.config import LoraAdapter, LoraSettings
 from deployments.messages import LoraChoice
+from deployments.options import LoraAdapter, LoraSettings
 
 logger = logging.getLogger("ray.serve")
 

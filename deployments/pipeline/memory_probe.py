@@ -10,7 +10,8 @@ import torch
 
 from deployments.batching.oom_split import is_oom
 from deployments.batching.policy import AreaMemoryModel, MemoryClamp
-from deployments.config import EmulatedMemory, RequestLimits
+from deployments.config import RequestLimits
+from deployments.options import EmulatedMemory
 from deployments.pipeline.runner import Shape, ZImageRunner
 
 logger = logging.getLogger("ray.serve")

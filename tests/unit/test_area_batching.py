@@ -13,8 +13,9 @@ import torch
 
 from deployments.batching.executor import GroupExecutor
 from deployments.batching.policy import AreaMemoryModel, BatchingState, MemoryClamp, oom_cap_for_area
-from deployments.config import EmulatedMemory, RequestLimits
+from deployments.config import RequestLimits
 from deployments.messages import GenerationSpec
+from deployments.options import EmulatedMemory
 from deployments.pipeline.compilation import warm_up_shapes
 from deployments.pipeline.lora import AdapterLibrary
 from deployments.pipeline.memory_probe import emulated_run_peaks, measure_area_memory, probe_sides

@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from deployments.config import ADAPTER_NAME
 from deployments.http.edits import edit_upload, specs_from_edit
 from deployments.http.errors import InvalidRequest, invalid_from_validation
 from deployments.http.guards import GuardSettings
@@ -26,6 +25,7 @@ from deployments.http.protocol import GenerateRequest, ImageEditRequest, ImagesR
 from deployments.http.serving import GenerationClient
 from deployments.http.validation import output_encoding, specs_from_generate, specs_from_images
 from deployments.messages import GenerationResult, LoraChoice
+from deployments.options import ADAPTER_NAME
 from tests.serve_harness import tiny_config
 
 CFG = tiny_config()  # sides 256..512 in steps of 16, n 1..4, no LoRA; defaults: edit 0.6, inpaint 1.0
