@@ -116,8 +116,12 @@ def test_api_key_is_required_on_every_route_but_healthz(http):
 # ---- bad input ----------------------------------------------------------------------------------------------------
 def _schemathesis_cases(http) -> st.SearchStrategy:
     schema = schemathesis.openapi.from_dict(http.get("/openapi.json", headers=AUTH).json())
+    # Negative multipart bodies crash schemathesis 4.32 itself (its validator cannot read its own file objects), so
+    # the edits route gets schema-valid forms here (random bytes as images) and its invalid ones from
+    # tests/unit/test_edit_validation.py and tests/service/test_edits.py.
+    negative = schema.exclude(path="/v1/images/edits")
     return st.one_of(
-        schema.as_strategy(generation_mode=GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE)
+        schema.as_strategy(generation_mode=GenerationMode.POSITIVE), negative.as_strategy(GenerationMode.NEGATIVE)
     )
 
 
