@@ -16,8 +16,8 @@ EXPERIMENTS = {  # standalone experiments: name -> (what it measures, its comman
         "python -m perf.cold_start --cache-dir /tmp/ic --out cold_start.json [--fp8]",
     ),
     "emulate_tiers": (
-        "emulated 12/16/24 GB cards through real Serve: tier, memory mode and batch size each serves at 1024x1024",
-        "python -m perf.emulate_tiers --out tiers.json [--cards 12 16 24]",
+        "emulated 12/16/24 GB cards through real Serve: tier, memory mode, per-area batch caps, 1024x1024 to 2048x2048",
+        "python -m perf.emulate_tiers --out tiers.json [--cards 24.15 17.18 12.88] [--sizes 1024x1024 2048x2048]",
     ),
     "png_cost": (
         "the ingress's image encoding cost per image (PNG, JPEG, WebP; noise and smooth images; CPU only)",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU experiments (random weights of the full architecture), each part < 10 min; results under $OUT (default perf-out).
 #   perf/run_gpu_perf.sh lever <name> [args]  # one lever of `python -m perf list` -> $OUT/<name>.json (+ .log)
-#   perf/run_gpu_perf.sh tiers                # emulated 12/16/24 GB cards through real Serve -> $OUT/tiers.json
+#   perf/run_gpu_perf.sh tiers                # emulated 12/16/24 GB cards through real Serve, 1024²..2048² -> tiers.json
 #   perf/run_gpu_perf.sh cold_start           # build + compile + first image, empty then warm Inductor cache
 #   perf/run_gpu_perf.sh cold_start_fp8       # the same for the opt-in FP8 DiT
 #   perf/run_gpu_perf.sh served_latency       # served p50 at concurrency 1 (1024 and 512), bf16 and FP8 configs
