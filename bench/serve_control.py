@@ -156,7 +156,8 @@ class ServeControl:
             time.sleep(0.25)
 
     def set_max_batch_size(self, batch_size: int, timeout_s: float = 120) -> dict:
-        gen = self.apply_user_config({"max_batch_size": batch_size}, timeout_s)
+        # a fixed batch: the throughput policy fills it (the latency policy would run what is efficient)
+        gen = self.apply_user_config({"max_batch_size": batch_size, "batch_policy": "throughput"}, timeout_s)
         b = gen["batching"]
         if b.get("desired_max_batch") != batch_size:
             raise RuntimeError(f"asked for max_batch_size={batch_size}, replica reports {b.get('desired_max_batch')}")

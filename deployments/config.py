@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from deployments.options import (
     ADAPTER_NAME,
     DEFAULT_TIERS,
+    BatchPolicy,
     LoraAdapter,
     LoraSettings,
     MemoryMode,
@@ -85,7 +86,18 @@ class GeneratorUserConfig(_Strict):
     max_batch_size: int | None = Field(
         None, ge=1, le=64, description="Override the tier's batch size; still capped by the measured memory limit."
     )
-    batch_wait_timeout_s: float = Field(0.05, ge=0, le=5, description="How long a partial batch waits to fill.")
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0, le=5, description="How long a batch takes late arrivals of its shape after it starts forming."
+    )
+    batch_policy: BatchPolicy = Field(
+        BatchPolicy.LATENCY,
+        description="`latency`: the smallest batch whose learnt seconds per image are within "
+        "`batch_efficiency_tolerance` of the best batch the shape's queue could fill (batches grow only where they "
+        "buy throughput); `throughput`: every waiting request of the shape, up to its cap.",
+    )
+    batch_efficiency_tolerance: float = Field(
+        0.03, ge=0, le=1, description="`latency` policy: throughput a smaller batch may give up (0.03 = 3%)."
+    )
     tiers: tuple[Tier, ...] = Field(DEFAULT_TIERS, description="VRAM tier table, sorted by max_vram_gb.")
     memory_mode: MemoryMode = Field(MemoryMode.AUTO, description="`auto` follows the tier; set to override.")
     cpu_max_batch_size: int = Field(8, ge=1, le=64, description="Batch size when no GPU is present (tiny model).")

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
+from deployments.batching.efficiency import EfficiencyModel, label, shape_key
 from deployments.batching.executor import GroupExecutor
 from deployments.batching.gate import BatchGate
 from deployments.batching.policy import BatchingState, group_by_shape, select_tier
@@ -52,11 +53,17 @@ class ZImageGenerator:
             min_area=self.cfg.limits.min_area,
             shown_shapes=shown_shapes(self.cfg),
         )
+        self.efficiency = EfficiencyModel()  # seconds per image by shape and batch size, from the batches run
         self.executor = GroupExecutor(
-            self.engine, self.metrics, self.replica, self._lower_after_oom, self.state.max_batch_for
+            self.engine,
+            self.metrics,
+            self.replica,
+            self._lower_after_oom,
+            self.state.max_batch_for,
+            on_batch=self._observed_batch,
         )
-        self.gate = BatchGate(  # batches form when the GPU is free (deployments/batching/gate.py)
-            lambda: self.state.effective_max_batch,
+        self.gate = BatchGate(  # one shape per batch, formed when the GPU is free (deployments/batching/gate.py)
+            self._plan_batch,
             lambda: self.state.batch_wait_timeout_s,
             lambda n: self.metrics.gate_waiting.set(n),
         )
@@ -110,6 +117,23 @@ class ZImageGenerator:
         for shape, cap in self.state.max_batch_by_shape().items():
             self.metrics.max_batch_by_shape.set(cap, tags={"shape": shape})
 
+    def _plan_batch(self, key: tuple, queued: int) -> int:
+        """The next batch: `queued` requests of batch key `key` wait; the policy picks how many go (at most the
+        shape's memory/OOM cap), and Serve's batch is sized to close the moment they are in."""
+        uc = self.user_config or GeneratorUserConfig()
+        cap = self.state.max_batch_for(key[1] * key[2])
+        decision = self.efficiency.choose(shape_key(key), queued, cap, uc.batch_policy, uc.batch_efficiency_tolerance)
+        self.generate_batch.set_max_batch_size(decision.batch)
+        self.metrics.planned_batch.set(decision.batch, tags={"shape": label(shape_key(key))})
+        return decision.batch
+
+    def _observed_batch(self, key: tuple, size: int, seconds: float) -> None:
+        """A pipeline call ran (GPU thread): the shape's efficiency curve learns its seconds per image."""
+        shape = shape_key(key)
+        self.efficiency.observe(shape, size, seconds)
+        per_image = self.efficiency.curves[shape].s_per_image[size]
+        self.metrics.seconds_per_image_by_batch.set(per_image, tags={"shape": label(shape), "batch_size": str(size)})
+
     def _lower_after_oom(self, smallest_failed: int, largest_ok: int, area: int | None = None) -> None:
         """A batch of `smallest_failed` images of `area` pixels each ran out of memory: that area (and every larger
         one) never batches that many again; smaller areas keep their caps. `area` None: every area."""
@@ -138,7 +162,7 @@ class ZImageGenerator:
             except AdapterError as exc:
                 return self.executor.invalid(spec, exc)
         arrival = time.perf_counter()
-        async with self.gate.slot():  # joins a batch only while the GPU is free
+        async with self.gate.slot(spec.batch_key):  # joins a batch of its own key, only while the GPU is free
             return await self.generate_batch((spec, arrival))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
@@ -170,7 +194,13 @@ class ZImageGenerator:
             "device": eng.device,
             "dtype": str(eng.dtype).removeprefix("torch."),
             "gpu": {"name": eng.gpu.name, "total_gb": round(eng.gpu.total_gb, 2)} if eng.gpu else None,
-            "batching": {**self.state.as_dict(), "waiting_for_gpu": self.gate.waiting},
+            "batching": {
+                **self.state.as_dict(),
+                "policy": (uc or GeneratorUserConfig()).batch_policy.value,
+                "waiting_for_gpu": self.gate.waiting,
+                "waiting_by_shape": {label(shape_key(k)): n for k, n in self.gate.waiting_by_key().items()},
+                "efficiency": self.efficiency.as_dict(),
+            },
             "user_config": uc.model_dump(mode="json") if uc else None,
             "compile": self.cfg.compile and eng.on_gpu,
             "compiled_graphs": compiled_graphs(),

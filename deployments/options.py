@@ -21,6 +21,13 @@ class MemoryMode(str, Enum):
     GROUP_OFFLOAD = "group_offload"  # text encoder and DiT streamed block by block from CPU (12 GB)
 
 
+class BatchPolicy(str, Enum):
+    """How many waiting requests of a shape the next batch takes (deployments/batching/efficiency.py)."""
+
+    LATENCY = "latency"  # the smallest batch within a tolerance of the best measured seconds per image
+    THROUGHPUT = "throughput"  # every waiting request of the shape, up to its cap
+
+
 class Tier(_Strict):
     """One row of the VRAM tier table: cards with at most `max_vram_gb` get this batch size and memory mode."""
 

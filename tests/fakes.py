@@ -57,8 +57,11 @@ class WrappedPipeline:
         f.record(call)
         if oom:
             raise torch.OutOfMemoryError(OOM_MESSAGE)
-        if f.sleep_s:
-            time.sleep(f.sleep_s)
+        width = kwargs.get("width")
+        per_call, per_image = f.sleep_per_call_by_width.get(width, 0.0), f.sleep_per_image_by_width.get(width, 0.0)
+        extra = f.sleep_s + per_call + batch * per_image
+        if extra:
+            time.sleep(extra)
         return self._pipe(**kwargs)
 
 
@@ -68,6 +71,8 @@ class WrappingFactory:
 
     log_path: append one JSON line per denoise call (batch, shape, seeds, outcome).
     sleep_s: extra seconds per denoise call (a slow GPU, for overload tests).
+    sleep_per_call_by_width / sleep_per_image_by_width: extra seconds per call, or per image in the call, for images of
+        that width: a GPU time per batch the test controls (per call: batching pays; per image: it buys nothing).
     oom_above: raise torch.OutOfMemoryError when a call holds more than this many images.
     oom_above_pixels: raise torch.OutOfMemoryError when batch x width x height is above this (memory that grows with
         the image area: at a small area a larger batch fits than at a big one).
@@ -79,6 +84,8 @@ class WrappingFactory:
     oom_above: int | None = None
     oom_above_pixels: int | None = None
     oom_seeds: tuple[int, ...] = field(default_factory=tuple)
+    sleep_per_call_by_width: dict[int, float] = field(default_factory=dict)
+    sleep_per_image_by_width: dict[int, float] = field(default_factory=dict)
 
     def __call__(self, source, device: str, dtype: torch.dtype):
         return WrappedPipeline(load_pipeline(source, device, dtype), self)

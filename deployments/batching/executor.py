@@ -27,12 +27,15 @@ class GroupExecutor:
         replica: str,
         on_batch_too_large: Callable[[int, int, int], None],
         max_batch_for_area: Callable[[int], int] = lambda area: 1 << 30,
+        on_batch: Callable[[tuple, int, float], None] = lambda key, size, seconds: None,
     ):
         """`on_batch_too_large(smallest_failed, largest_ok, area)`: a batch of `area`-pixel images hit OOM although
         its items fit in smaller ones. `max_batch_for_area(area)`: the largest batch one pipeline call of that area
         may hold (Serve's max_batch_size is one number for every shape; a group above its shape's cap runs in
-        chunks)."""
+        chunks). `on_batch(batch_key, size, seconds)`: a pipeline call of `size` images took `seconds` (all stages).
+        """
         self.engine, self.metrics, self.replica = engine, metrics, replica
+        self.on_batch = on_batch
         self.on_batch_too_large = on_batch_too_large
         self.max_batch_for_area = max_batch_for_area
         self.fatal: BaseException | None = None  # a sticky CUDA error: the replica must be replaced
@@ -80,6 +83,7 @@ class GroupExecutor:
             [s.prompt for s in chunk], [s.seed for s in chunk], Shape(*first.shape), edits, first.loras
         )
         t = out.times
+        self.on_batch(first.batch_key, len(chunk), t.total_s)
         stage_s = {"encode": t.encode_s, "denoise": t.denoise_s, "decode": t.decode_s}
         work = {"task": first.task, "adapter": adapter_label(first)}
         self.metrics.batch_size.observe(len(chunk), tags=work)

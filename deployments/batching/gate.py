@@ -1,16 +1,20 @@
-"""Admission to `@serve.batch` only while the GPU is idle, so a batch forms when it can run.
+"""Admission to `@serve.batch`, one shape at a time and only while the GPU is idle, so a batch forms when it can run
+and holds requests of one shape.
 
 Ray Serve >= 2.47 (`max_concurrent_batches`) forms the next batch *while the previous one runs*: its loop takes the
 first queued request, waits `batch_wait_timeout_s` for company, closes the batch and parks it behind the concurrency
 semaphore, then starts forming another. Requests that arrive during a 5-second GPU batch end up in several small
-pre-formed batches. On an H100 (FP8, 16 closed-loop clients, max_batch_size 8) the GPU ran batches of 2.8 images on
-average. The documented behaviour - when the replica is free, take up to max_batch_size waiting requests - is what
-this gate restores.
+pre-formed batches (an H100, 16 closed-loop clients, max_batch_size 8: batches of 2.8 on average). And a batch that
+admits whatever waits, whatever its size, splits by shape afterwards: 5 aspect ratios under 24 clients ran batches
+of 2.5.
 
-A "spell" starts when nothing admitted is still in flight: waiting requests (arrival order) and new arrivals are let
-into Serve's queue until one batch's worth (the live max_batch_size) is in or `batch_wait_timeout_s` has passed since
-the first (Serve's own wait for company, which starts just after); then arrivals wait here until every admitted
-request has its answer (or was cancelled). Serve's batching, metrics and set_max_batch_size work as before.
+So requests wait here, in one FIFO queue per batch key (task, shape, steps, strength, adapters). A "spell" starts
+when nothing admitted is still in flight: the key whose oldest request has waited longest goes next (FIFO across
+keys by their head, so a rare shape waits at most for the keys queued before it), `plan(key, queued)` says how many of
+its requests the batch takes (deployments/batching/efficiency.py; it also sets Serve's max_batch_size to that, so
+Serve closes the batch the moment they are in), and those are let into Serve's queue. Later arrivals of the same key
+may join while the spell has room and `batch_wait_timeout_s` has not passed since it started; everyone else waits
+until every admitted request has its answer (or was cancelled).
 """
 
 from __future__ import annotations
@@ -18,58 +22,70 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class _Spell:
+    key: Hashable
+    size: int  # how many this batch takes
+    started: float
+    admitted: int = 0
 
 
 class BatchGate:
     def __init__(
         self,
-        capacity: Callable[[], int],
+        plan: Callable[[Hashable, int], int],
         wait_s: Callable[[], float],
         on_waiting: Callable[[int], None] = lambda n: None,
     ):
-        self._capacity = capacity  # live effective max batch size
-        self._wait_s = wait_s  # live batch_wait_timeout_s
+        self._plan = plan  # (key, requests of that key waiting) -> batch size; called when its spell starts
+        self._wait_s = wait_s  # live batch_wait_timeout_s: how long a spell takes late arrivals of its key
         self._on_waiting = on_waiting  # metrics: how many wait here
         self._in_flight = 0  # admitted and not answered yet
-        self._admitted = 0  # in this spell
-        self._spell_start: float | None = None
-        self._waiters: deque[asyncio.Future] = deque()
+        self._spell: _Spell | None = None
+        self._queues: dict[Hashable, deque[tuple[float, asyncio.Future]]] = {}
 
     @property
     def waiting(self) -> int:
-        return sum(not f.done() for f in self._waiters)
+        return sum(not f.done() for q in self._queues.values() for _, f in q)
+
+    def waiting_by_key(self) -> dict[Hashable, int]:
+        return {k: n for k, q in self._queues.items() if (n := sum(not f.done() for _, f in q))}
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold while this request joins a batch and waits for its result."""
-        await self._enter()
+    async def slot(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold while this request joins a batch of its key and waits for its result."""
+        await self._enter(key)
         try:
             yield
         finally:
             self._leave()
 
-    def _may_admit(self) -> bool:
-        """For a new arrival: room in this spell's batch, and the spell still open (or none running)."""
-        if self._admitted >= self._capacity():
+    def _may_join(self, key: Hashable) -> bool:
+        """For a new arrival: the running spell is its key's, has room, and is still open."""
+        s = self._spell
+        if s is None or s.key != key or s.admitted >= s.size or self._queues.get(key):
             return False
-        if self._spell_start is None:
-            return self._in_flight == 0
-        return time.monotonic() - self._spell_start < self._wait_s()
+        return time.monotonic() - s.started < self._wait_s()
 
     def _admit(self) -> None:
-        if self._spell_start is None:
-            self._spell_start = time.monotonic()
-        self._admitted += 1
+        self._spell.admitted += 1
         self._in_flight += 1
 
-    async def _enter(self) -> None:
-        if not self._waiters and self._may_admit():
+    async def _enter(self, key: Hashable) -> None:
+        if self._spell is None and self._in_flight == 0 and not self.waiting:  # idle: this request starts a spell
+            self._start(key, 1)
+            self._admit()
+            return
+        if self._may_join(key):
             self._admit()
             return
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._queues.setdefault(key, deque()).append((time.monotonic(), fut))
         self._on_waiting(self.waiting)
         try:
             await fut
@@ -80,19 +96,40 @@ class BatchGate:
                 self._on_waiting(self.waiting)
             raise
 
+    def _start(self, key: Hashable, queued: int) -> None:
+        self._spell = _Spell(key, max(1, self._plan(key, queued)), time.monotonic())
+
     def _leave(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:  # the batch (and any stragglers' batch) is answered: a new spell may start
-            self._spell_start, self._admitted = None, 0
+            self._spell = None
             self._release()
 
+    def _next_key(self) -> Hashable | None:
+        """The key whose oldest live request has waited longest (cancelled ones are dropped on the way)."""
+        for key in list(self._queues):
+            q = self._queues[key]
+            while q and q[0][1].done():
+                q.popleft()
+            if not q:
+                del self._queues[key]
+        if not self._queues:
+            return None
+        return min(self._queues, key=lambda k: self._queues[k][0][0])
+
     def _release(self) -> None:
-        """A spell starts: everyone already waiting goes in, up to one batch (the wait window is for later arrivals:
-        with batch_wait_timeout_s 0 it would otherwise let one request per batch through)."""
-        while self._waiters and self._admitted < self._capacity():
-            fut = self._waiters.popleft()
-            if fut.done():  # cancelled while waiting
-                continue
-            self._admit()
-            fut.set_result(None)
+        """A spell starts for the next key: its waiting requests go in, FIFO, up to the planned batch (the wait
+        window is for later arrivals: with batch_wait_timeout_s 0 it would otherwise let one request per batch in)."""
+        key = self._next_key()
+        if key is not None:
+            q = self._queues[key]
+            self._start(key, sum(not f.done() for _, f in q))
+            while q and self._spell.admitted < self._spell.size:
+                _, fut = q.popleft()
+                if fut.done():  # cancelled while waiting
+                    continue
+                self._admit()
+                fut.set_result(None)
+            if not q:
+                del self._queues[key]
         self._on_waiting(self.waiting)

@@ -122,6 +122,17 @@ class GeneratorMetrics:
             description="Max batch of one image shape: min(tier, memory cap and OOM cap for its area).",
             tag_keys=("shape",),
         )
+        self.planned_batch = StateGauge(
+            "zimage_planned_batch_size",
+            description="The batch the policy last chose for a shape (`task WxH steps`): what its next batch takes.",
+            tag_keys=("shape",),
+        )
+        self.seconds_per_image_by_batch = StateGauge(
+            "zimage_learnt_seconds_per_image",
+            description="Learnt GPU seconds per image of a shape at a batch size (mean of recent batches): the "
+            "efficiency curve the latency policy reads.",
+            tag_keys=("shape", "batch_size"),
+        )
         self.tier_vram_gb = StateGauge(
             "zimage_tier_vram_gb", description="GPU memory (GB) the tier was chosen from (0 on CPU)."
         )

@@ -24,7 +24,10 @@ from tests.fakes import WrappingFactory
 
 METRICS_PORT = serve_harness.HTTP_PORT + 10
 OOM_ABOVE = 2
-GEN = {"max_ongoing_requests": 16, "user_config": {"batch_wait_timeout_s": 0.5, "cpu_max_batch_size": 8}}
+GEN = {
+    "max_ongoing_requests": 16,
+    "user_config": {"batch_policy": "throughput", "batch_wait_timeout_s": 0.5, "cpu_max_batch_size": 8},
+}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from tests.fakes import WrappingFactory
 from tests.http_client import get_json, post_concurrently
 from tests.serve_harness import tiny_config
 
-GEN = {"user_config": {"batch_wait_timeout_s": 0.5, "cpu_max_batch_size": 8}}
+GEN = {"user_config": {"batch_policy": "throughput", "batch_wait_timeout_s": 0.5, "cpu_max_batch_size": 8}}
 
 
 def _body(side: int, seed: int) -> dict:

@@ -37,7 +37,11 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def service(serve_cluster):
     # A long batch wait so 8 concurrent requests always make one batch of 8.
-    serve_cluster.deploy(generator_options={"user_config": {"batch_wait_timeout_s": 1.0, "cpu_max_batch_size": 8}})
+    serve_cluster.deploy(
+        generator_options={
+            "user_config": {"batch_policy": "throughput", "batch_wait_timeout_s": 1.0, "cpu_max_batch_size": 8}
+        }
+    )
 
 
 def _generate(prompt: str, seed: int):

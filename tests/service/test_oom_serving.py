@@ -21,7 +21,9 @@ def oom_service(serve_cluster, tmp_path_factory):
     factory = WrappingFactory(log_path=str(log), oom_above=2, oom_seeds=(POISON,))
     serve_cluster.deploy(
         pipeline_factory=factory,
-        generator_options={"user_config": {"batch_wait_timeout_s": 0.5, "cpu_max_batch_size": 8}},
+        generator_options={
+            "user_config": {"batch_policy": "throughput", "batch_wait_timeout_s": 0.5, "cpu_max_batch_size": 8}
+        },
     )
     return factory
 

@@ -25,7 +25,9 @@ from tests.serve_harness import HTTP_PORT, WORKER_ENV, tiny_config, wait_healthy
 @pytest.fixture(scope="module")
 def recorded(serve_cluster, tmp_path_factory):
     factory = WrappingFactory(log_path=str(tmp_path_factory.mktemp("batching") / "calls.jsonl"))
-    serve_cluster.deploy(pipeline_factory=factory)  # default user_config: cpu_max_batch_size 8, wait 50 ms
+    # classic dynamic batching (every waiting request of a shape, up to cpu_max_batch_size 8, 50 ms wait); the
+    # latency policy is tests/service/test_batch_policy.py
+    serve_cluster.deploy(pipeline_factory=factory, generator_options={"user_config": {"batch_policy": "throughput"}})
     return factory
 
 
@@ -71,6 +73,10 @@ def test_different_shapes_never_share_a_pipeline_call(recorded):
         assert png_array(response.content).shape == (body["height"], body["width"], 3)
         multi[shape] += call["batch"] > 1
     assert len([s for s in multi if multi[s]]) >= 2, multi  # shapes were batched while mixed in the queue
+    # Each batch takes the waiting requests of one shape (6 per shape here); a gate that admits 8 of any shape and
+    # groups them afterwards gave batches of ~2.7.
+    sizes = [int(r.headers["X-Batch-Size"]) for r in responses]
+    assert sum(sizes) / len(sizes) >= 3.5, sizes
 
 
 def test_requests_arriving_during_a_batch_share_the_next_one(recorded):
@@ -147,7 +153,7 @@ def _burst(seed0: int, n: int = 8):
 def test_user_config_change_resizes_batches_live(recorded):
     serve.delete("zimage")
     client = _get_global_client()
-    client.deploy_apps(_declarative({"batch_wait_timeout_s": 0.5}))
+    client.deploy_apps(_declarative({"batch_policy": "throughput", "batch_wait_timeout_s": 0.5}))
     wait_healthy()
     _wait_for(lambda: serve.status().applications["zimage"].status == "RUNNING")
     before = get_json("/info")["generator"]
@@ -155,7 +161,7 @@ def test_user_config_change_resizes_batches_live(recorded):
     sizes, replicas = _burst(3000)
     assert max(sizes) > 2, sizes
 
-    client.deploy_apps(_declarative({"batch_wait_timeout_s": 0.5, "max_batch_size": 2}))
+    client.deploy_apps(_declarative({"batch_policy": "throughput", "batch_wait_timeout_s": 0.5, "max_batch_size": 2}))
     after = _wait_for(lambda: (g := get_json("/info")["generator"])["batching"]["effective_max_batch"] == 2 and g)
     assert after["user_config"]["max_batch_size"] == 2
     assert (after["pid"], after["replica"]) == (before["pid"], before["replica"])  # reconfigured, not restarted

@@ -1,5 +1,5 @@
-"""BatchGate on its own (asyncio, no Serve): who may join the batch being formed, and when. The Serve-level effect
-is tests/test_service_batching.py::test_requests_arriving_during_a_batch_share_the_next_one."""
+"""BatchGate on its own (asyncio, no Serve): who may join the batch being formed, of which shape, and when. The
+Serve-level effect is tests/service/test_service_batching.py."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ class Requests:
     def __init__(self, gate: BatchGate):
         self.gate, self.joined, self.tasks, self._answers = gate, [], {}, {}
 
-    async def send(self, *names: str) -> None:
+    async def send(self, *names: str, key: str = "1024x1024") -> None:
         for name in names:
             self._answers[name] = asyncio.Event()
-            self.tasks[name] = asyncio.create_task(self._one(name))
+            self.tasks[name] = asyncio.create_task(self._one(name, key))
         for _ in range(5):  # let them reach the gate
             await asyncio.sleep(0)
 
-    async def _one(self, name: str) -> None:
-        async with self.gate.slot():
+    async def _one(self, name: str, key: str) -> None:
+        async with self.gate.slot(key):
             self.joined.append(name)
             await self._answers[name].wait()
 
@@ -37,7 +37,7 @@ class Requests:
 def test_one_batch_per_idle_spell_in_arrival_order_with_the_live_capacity():
     async def go():
         cap = [3]
-        r = Requests(BatchGate(lambda: cap[0], lambda: 10.0))
+        r = Requests(BatchGate(lambda key, queued: cap[0], lambda: 10.0))
         await r.send("a", "b", "c", "d", "e")
         assert r.joined == ["a", "b", "c"] and r.gate.waiting == 2  # one batch's worth
         await r.answer("a", "b")
@@ -58,7 +58,7 @@ def test_the_spell_closes_after_the_batch_wait():
     ahead of everyone who arrives during the GPU batch; it waits for the next spell instead."""
 
     async def go():
-        r = Requests(BatchGate(lambda: 8, lambda: 0.05))
+        r = Requests(BatchGate(lambda key, queued: 8, lambda: 0.05))
         await r.send("a")
         await asyncio.sleep(0.1)
         await r.send("late")
@@ -72,7 +72,7 @@ def test_the_spell_closes_after_the_batch_wait():
 
 def test_cancelled_requests_give_their_place_back_and_never_wedge_the_gate():
     async def go():
-        r = Requests(BatchGate(lambda: 2, lambda: 10.0))
+        r = Requests(BatchGate(lambda key, queued: 2, lambda: 10.0))
         await r.send("a", "b", "c", "d")
         r.tasks["c"].cancel()  # client went away while waiting
         r.tasks["a"].cancel()  # ... or while its batch ran
@@ -94,7 +94,7 @@ def test_with_no_batch_wait_everyone_already_waiting_still_joins_the_next_batch(
     batch are all there when it ends (Serve would take them all from its queue)."""
 
     async def go():
-        r = Requests(BatchGate(lambda: 4, lambda: 0.0))
+        r = Requests(BatchGate(lambda key, queued: 4, lambda: 0.0))
         await r.send("a")
         await r.send("b", "c", "d", "e", "f")
         assert r.joined == ["a"]
@@ -102,5 +102,51 @@ def test_with_no_batch_wait_everyone_already_waiting_still_joins_the_next_batch(
         assert r.joined == ["a", "b", "c", "d", "e"] and r.gate.waiting == 1
         await r.answer("b", "c", "d", "e")
         await r.answer("f")
+
+    asyncio.run(go())
+
+
+def test_each_batch_holds_one_shape_and_the_oldest_shape_goes_first():
+    """Mixed sizes: the spell admits one key's requests (FIFO) up to the planned batch; the next spell is the key whose
+    oldest request has waited longest, so a rare shape is never starved by a busy one."""
+
+    async def go():
+        planned = []
+
+        def plan(key, queued):
+            planned.append((key, queued))
+            return 8
+
+        r = Requests(BatchGate(plan, lambda: 10.0))
+        await r.send("a1", key="a")
+        await r.send("b1", key="b")  # waits: the spell is a's
+        await r.send("a2", "a3", key="a")  # join a's spell while it is open
+        await r.send("c1", key="c")
+        await r.send("b2", "b3", key="b")
+        await r.send("a4", key="a")  # a's queue is behind b's and c's heads now... and a's spell still runs
+        assert r.joined == ["a1", "a2", "a3", "a4"] and r.gate.waiting_by_key() == {"b": 3, "c": 1}
+        await r.answer("a1", "a2", "a3", "a4")
+        assert r.joined[4:] == ["b1", "b2", "b3"] and planned[-1] == ("b", 3)  # b1 is the oldest head
+        await r.answer("b1", "b2", "b3")
+        assert r.joined[7:] == ["c1"]
+        await r.answer("c1")
+        assert r.gate.waiting == 0
+
+    asyncio.run(go())
+
+
+def test_the_plan_sets_the_batch_from_the_queue_of_its_shape():
+    """The latency policy may run fewer than are waiting: the rest wait for the next spell, in order."""
+
+    async def go():
+        r = Requests(BatchGate(lambda key, queued: 1 if queued < 3 else 2, lambda: 10.0))
+        await r.send("x")
+        await r.send("y", "z", "w")
+        assert r.joined == ["x"]  # an idle start: one waiting (itself), batch of 1, no late joiners
+        await r.answer("x")
+        assert r.joined == ["x", "y", "z"]  # three waiting -> 2
+        await r.answer("y", "z")
+        assert r.joined == ["x", "y", "z", "w"]
+        await r.answer("w")
 
     asyncio.run(go())
