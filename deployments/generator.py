@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from deployments.batching.efficiency import EfficiencyModel, label, shape_key
-from deployments.batching.executor import GroupExecutor
+from deployments.batching.executor import GroupExecutor, gap_summary
 from deployments.batching.gate import BatchGate
 from deployments.batching.policy import BatchingState, group_by_shape, select_tier
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode
@@ -61,6 +61,7 @@ class ZImageGenerator:
             self._lower_after_oom,
             self.state.max_batch_for,
             on_batch=self._observed_batch,
+            work_waiting=lambda: self.gate.waiting > 0,
         )
         self.gate = BatchGate(  # one shape per batch, formed when the GPU is free (deployments/batching/gate.py)
             self._plan_batch,
@@ -200,6 +201,7 @@ class ZImageGenerator:
                 "waiting_for_gpu": self.gate.waiting,
                 "waiting_by_shape": {label(shape_key(k)): n for k, n in self.gate.waiting_by_key().items()},
                 "efficiency": self.efficiency.as_dict(),
+                "gpu_idle_gaps_while_waiting": gap_summary(self.executor.idle_gaps_s),
             },
             "user_config": uc.model_dump(mode="json") if uc else None,
             "compile": self.cfg.compile and eng.on_gpu,

@@ -6,6 +6,8 @@ Runs in the replica's single GPU thread. A request that fails alone gets its own
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 
 from deployments.batching.oom_split import is_oom, run_with_oom_split
@@ -28,6 +30,7 @@ class GroupExecutor:
         on_batch_too_large: Callable[[int, int, int], None],
         max_batch_for_area: Callable[[int], int] = lambda area: 1 << 30,
         on_batch: Callable[[tuple, int, float], None] = lambda key, size, seconds: None,
+        work_waiting: Callable[[], bool] = lambda: False,
     ):
         """`on_batch_too_large(smallest_failed, largest_ok, area)`: a batch of `area`-pixel images hit OOM although
         its items fit in smaller ones. `max_batch_for_area(area)`: the largest batch one pipeline call of that area
@@ -36,6 +39,12 @@ class GroupExecutor:
         """
         self.engine, self.metrics, self.replica = engine, metrics, replica
         self.on_batch = on_batch
+        # The GPU's idle time between pipeline calls while requests wait (Python, scheduling, Serve's hand-off):
+        # `work_waiting()` says whether any request waits for the GPU when a call ends.
+        self.work_waiting = work_waiting
+        self._idle_from: float | None = None  # end of the last call, if work was waiting then
+        self._rest_of_group = False
+        self.idle_gaps_s: deque[float] = deque(maxlen=1000)
         self.on_batch_too_large = on_batch_too_large
         self.max_batch_for_area = max_batch_for_area
         self.fatal: BaseException | None = None  # a sticky CUDA error: the replica must be replaced
@@ -53,6 +62,7 @@ class GroupExecutor:
         while rest:
             (chunk,) = chunks_of(rest, self.max_batch_for_area(area))[:1]
             rest = rest[len(chunk) :]
+            self._rest_of_group = bool(rest)
             results += self._run_capped(chunk, area)
         return results
 
@@ -79,9 +89,16 @@ class GroupExecutor:
     def _run_chunk(self, chunk: list[GenerationSpec]) -> list[GenerationResult]:
         first = chunk[0]
         edits = [s.edit for s in chunk] if first.edit is not None else None
-        out = self.engine.run(
-            [s.prompt for s in chunk], [s.seed for s in chunk], Shape(*first.shape), edits, first.loras
-        )
+        if self._idle_from is not None:
+            self.idle_gaps_s.append(time.perf_counter() - self._idle_from)
+            self.metrics.idle_gap.observe(self.idle_gaps_s[-1])
+        try:
+            out = self.engine.run(
+                [s.prompt for s in chunk], [s.seed for s in chunk], Shape(*first.shape), edits, first.loras
+            )
+        finally:
+            waiting = self._rest_of_group or self.work_waiting()
+            self._idle_from = time.perf_counter() if waiting else None
         t = out.times
         self.on_batch(first.batch_key, len(chunk), t.total_s)
         stage_s = {"encode": t.encode_s, "denoise": t.denoise_s, "decode": t.decode_s}
@@ -113,6 +130,19 @@ class GroupExecutor:
 
     def _result(self, spec: GenerationSpec, **fields) -> GenerationResult:
         return GenerationResult(seed=spec.seed, model_source=self.model_source, replica=self.replica, **fields)
+
+
+def gap_summary(gaps_s) -> dict:
+    """/info: the GPU's idle gaps between pipeline calls while requests waited (the last 1000)."""
+    gaps = sorted(gaps_s)
+    if not gaps:
+        return {"count": 0}
+    return {
+        "count": len(gaps),
+        "mean_ms": round(1e3 * sum(gaps) / len(gaps), 2),
+        "p99_ms": round(1e3 * gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))], 2),
+        "max_ms": round(1e3 * gaps[-1], 2),
+    }
 
 
 def adapter_label(spec: GenerationSpec) -> str:

@@ -114,6 +114,12 @@ class GeneratorMetrics:
             boundaries=SECONDS_BUCKETS,
             tag_keys=("task", "adapter"),
         )
+        self.idle_gap = metrics.Histogram(
+            "zimage_gpu_idle_gap_seconds",
+            description="Time between the end of one pipeline call and the start of the next while requests waited "
+            "for the GPU (Python, scheduling and Serve's hand-off between batches).",
+            boundaries=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+        )
         self.max_batch_size = StateGauge(
             "zimage_max_batch_size", description="Current effective max batch size of the replica."
         )

@@ -57,5 +57,7 @@ def test_where_batching_pays_batches_grow_with_the_queue(service):
     assert batching["policy"] == "latency"
     curve = {int(b): s for b, s in batching["efficiency"]["generate 320x256 1 steps"]["s_per_image"].items()}
     assert curve[4] < curve[2] < curve[1], curve  # learnt from the batches that ran: per call, not per image
+    gaps = batching["gpu_idle_gaps_while_waiting"]  # measured between calls while requests waited (no bound here:
+    assert gaps["count"] >= 3 and 0 <= gaps["mean_ms"] <= gaps["max_ms"], gaps  # the GPU bench reports it)
     calls = [c for c in service.calls() if c["width"] == 320 and c["outcome"] == "ok"]
     assert max(c["batch"] for c in calls) >= max(second)  # the headers tell the pipeline's truth
