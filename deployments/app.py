@@ -7,6 +7,7 @@ from ray.serve import Application
 
 from deployments.config import AppConfig
 from deployments.generator import ZImageGenerator
+from deployments.http.admission import derived_bound
 from deployments.ingress import Ingress
 from deployments.pipeline.loading import PipelineFactory
 
@@ -36,13 +37,17 @@ def make_app(
     generator_options: dict | None = None,
     ingress_options: dict | None = None,
 ) -> Application:
-    """Ingress -> Generator. serve_config.yaml (or the *_options) override the defaults above."""
+    """Ingress -> Generator. serve_config.yaml (or the *_options) override the defaults above. The ingress's bound on
+    images in flight is `ingress_max_in_flight`, else what these options let Serve admit per ingress replica."""
     args = config.model_dump(mode="json")
     generator_defaults = {**GENERATOR_DEFAULTS, "ray_actor_options": {"num_gpus": 0 if config.device == "cpu" else 1}}
-    generator = serve.deployment(ZImageGenerator, **{**generator_defaults, **(generator_options or {})})
+    generator_opts = {**generator_defaults, **(generator_options or {})}
+    generator = serve.deployment(ZImageGenerator, **generator_opts)
     ingress_defaults = {**INGRESS_DEFAULTS, "backpressure_config": {"retry_after_s": config.retry_after_s}}
-    ingress = serve.deployment(Ingress, **{**ingress_defaults, **(ingress_options or {})})
-    return ingress.bind(args, generator.bind(args, pipeline_factory))
+    ingress_opts = {**ingress_defaults, **(ingress_options or {})}
+    ingress = serve.deployment(Ingress, **ingress_opts)
+    max_in_flight = config.ingress_max_in_flight or derived_bound(generator_opts, ingress_opts)
+    return ingress.bind(args, generator.bind(args, pipeline_factory), max_in_flight)
 
 
 def build_app(args: dict) -> Application:

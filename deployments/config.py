@@ -246,6 +246,16 @@ class AppConfig(_Strict):
     )
     log_prompts: bool = Field(False, description="Log prompts at INFO (off: prompts are user data).")
     retry_after_s: int = Field(2, ge=1, description="Retry-After header sent with 503 on overload.")
+    ingress_max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Images one ingress replica may have at the Generator (sent, not yet answered); past it a request "
+        "gets 503 + Retry-After at once, decided by the ingress without waiting on a Generator replica. null: what "
+        "Serve admits, from the deployment options deployments/app.py sees (GENERATOR_DEFAULTS + Python overrides): "
+        "for N Generator and M Ingress replicas, ceil(N x max_ongoing_requests / M) + max_queued_requests (Serve "
+        "bounds ongoing per Generator replica, queued per caller): 32 + 64 = 96 with the defaults. Set it when "
+        "serve_config's `deployments:` changes those options or the replica counts (the builder cannot see them).",
+    )
     lora: LoraSettings | None = Field(
         None,
         description="Serve LoRA adapters (user_config `loras`). Off (null): the DiT has no adapter slots and "

@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
+from deployments.http.admission import InFlightImages
 from deployments.http.edits import EDITS_PATH, edit_request_body, edit_upload, read_form, specs_from_edit
 from deployments.http.errors import ApiError
 from deployments.http.guards import configure_guard, current_guard
@@ -33,11 +34,14 @@ from deployments.presets import presets_info
 
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, app_config: dict, generator: DeploymentHandle):
+    def __init__(self, app_config: dict, generator: DeploymentHandle, max_in_flight: int | None):
+        """`max_in_flight`: this replica's bound on images at the Generator (deployments/app.py resolves it)."""
         self.cfg = AppConfig.model_validate(app_config)
         self.generator = generator
         self.metrics = IngressMetrics()
-        self.client = GenerationClient(self.cfg, generator, self.metrics)
+        self.admission = InFlightImages(max_in_flight, on_change=self.metrics.in_flight.set)
+        self.metrics.in_flight.set(0)
+        self.client = GenerationClient(self.cfg, generator, self.metrics, self.admission)
         api_key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
         if self.cfg.api_key_env and not api_key:
             raise RuntimeError(f"api_key_env={self.cfg.api_key_env} is configured but that variable is empty")
@@ -124,7 +128,7 @@ class Ingress:
             "defaults": self.cfg.defaults.model_dump(),
             "presets": presets_info(self.cfg.limits),
             "auth": bool(guard and guard.api_key),
-            "ingress": {"replica": replica_id(), "pid": os.getpid()},
+            "ingress": {"replica": replica_id(), "pid": os.getpid(), **self.admission.as_dict()},
             "generator": generator,
         }
 

@@ -13,6 +13,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
+from deployments.http.admission import InFlightImages
 from deployments.http.errors import ApiError, GenerationFailed, InvalidRequest, Overloaded
 from deployments.messages import GenerationResult, GenerationSpec
 from deployments.observability.metrics import IngressMetrics
@@ -50,11 +51,19 @@ def result_headers(results: list[GenerationResult]) -> dict[str, str]:
 
 
 class GenerationClient:
-    """Calls the GPU deployment: overload and lost replicas become 503 + Retry-After; a replica that dies under a
-    request is retried once on another (same seed, same image)."""
+    """Calls the GPU deployment: past the ingress's own in-flight bound, overload and lost replicas become 503 +
+    Retry-After; a replica that dies under a request is retried once on another (same seed, same image).
+    `admission`: this process's in-flight images (deployments/http/admission.py); None counts without a bound."""
 
-    def __init__(self, cfg: AppConfig, generator: DeploymentHandle, metrics: IngressMetrics):
+    def __init__(
+        self,
+        cfg: AppConfig,
+        generator: DeploymentHandle,
+        metrics: IngressMetrics,
+        admission: InFlightImages | None = None,
+    ):
         self.cfg, self.generator, self.metrics = cfg, generator, metrics
+        self.admission = admission if admission is not None else InFlightImages(None)
 
     def _unavailable(self, reason: str, message: str, code: str | None = None) -> Overloaded:
         self.metrics.rejected.inc(tags={"reason": reason})
@@ -95,9 +104,16 @@ class GenerationClient:
         `lora_names`: the request's adapters in its own order, to name the one a replica refuses."""
         if self.cfg.log_prompts:
             logger.info("request %s: %r", specs[0].request_id, specs[0].prompt)
+        # Decided here, before any await: under a burst the router's own back-pressure waits on the busy replica.
+        if not self.admission.try_acquire(len(specs)):
+            held, limit = self.admission.in_flight, self.admission.limit
+            message = f"server busy: {held} of {limit} images already in flight at this ingress"
+            raise self._unavailable("ingress_full", message, code="queue_full")
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.one(s, lora_names)) for s in specs]
         except* ApiError as eg:
             raise eg.exceptions[0] from None
+        finally:  # failed, refused or cancelled (client gone): the places come back
+            self.admission.release(len(specs))
         return [t.result() for t in tasks]

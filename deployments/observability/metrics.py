@@ -194,6 +194,12 @@ class IngressMetrics:
         )
         self.rejected = metrics.Counter(
             "zimage_requests_rejected",
-            description="Requests the ingress answered 503 without an image (overloaded, unavailable, replica_died).",
+            description="Requests the ingress answered 503 without an image (ingress_full, overloaded, unavailable, "
+            "replica_died).",
             tag_keys=("reason",),
+        )
+        self.in_flight = StateGauge(  # re-recorded: an idle ingress's 0 must not vanish from Prometheus
+            "zimage_ingress_in_flight_images",
+            description="Images this ingress replica has sent to the Generator and not yet got back; at its bound "
+            "(/info ingress.max_in_flight_images) new requests get 503 (reason ingress_full).",
         )

