@@ -50,12 +50,15 @@ class AreaMemoryModel:
     line for every area at or below it (an upper bound: smaller images need less).
 
     `max_batch(area)`: the largest batch whose predicted peak keeps every stage under the budget; at least 1.
+    `one_above`: areas above it run alone (the probe found batch 2 out of memory at the largest area and measured a
+    middle one instead: nothing is known between the two but that the top does not batch).
     """
 
     small_area: int
     large_area: int
     small: dict[str, MemoryClamp]  # per stage
     large: dict[str, MemoryClamp]
+    one_above: int | None = None
 
     def _at(self, stage: str, area: int) -> tuple[float, float, int]:
         lo, hi = self.small[stage], self.large[stage]
@@ -73,6 +76,8 @@ class AreaMemoryModel:
         return int(max(p1 + (batch - 1) * per for p1, per, _ in (self._at(k, area) for k in self.large)))
 
     def max_batch(self, area: int) -> int:
+        if self.one_above is not None and area > self.one_above:
+            return 1
         caps = []
         for stage in self.large:
             peak1, per, budget = self._at(stage, area)
@@ -89,6 +94,7 @@ class AreaMemoryModel:
                 k: [self.small[k].per_image_bytes, self.large[k].per_image_bytes] for k in self.large
             },
             "budget_bytes": next(iter(self.large.values())).budget_bytes if self.large else None,
+            "batch_1_above_area": self.one_above,
         }
 
 

@@ -42,41 +42,62 @@ def probe_sides(limits: RequestLimits) -> tuple[int, int]:
     return max(min(small, large), min_side), large
 
 
+def middle_side(small: int, large: int, multiple: int) -> int | None:
+    """The side between the two probed ones (their geometric mean on the size grid), if there is room for one."""
+    side = int((small * large) ** 0.5) // multiple * multiple
+    return side if small < side < large else None
+
+
 def measure_area_memory(
     run_peaks: RunPeaks, limits: RequestLimits, budget_bytes: int | Callable[[], int], what: str
 ) -> AreaMemoryModel:
     """Batch 1 and 2 at the small and the large side. Batch 1 at the largest area must fit (else this card cannot
-    serve the configured limits: raise, naming `limits.max_pixels`); an OOM at batch 2 caps that area at 1.
+    serve the configured limits: raise, naming `limits.max_pixels`). An OOM at batch 2 caps that area at 1; then a
+    middle side is measured too, and areas up to it batch from the small-to-middle line (a line ending in an OOM
+    would cap the mid sizes at 1 as well: on a 16 GB card 1024² would never batch because 2048² cannot).
     `budget_bytes` may be a callable, read after the runs (compiling allocates outside torch's pool)."""
     small_side, large_side = probe_sides(limits)
     measured: dict[int, list[dict[str, int] | None]] = {}
     for side in dict.fromkeys((large_side, small_side)):
-        shape = Shape(side, side, PROBE_STEPS)
-        peaks: list[dict[str, int] | None] = []
-        for b in (1, 2):
-            try:
-                peaks.append(run_peaks(b, shape))
-            except Exception as exc:
-                if not is_oom(exc) or b == 1:
-                    hint = " (lower limits.max_pixels / max_side for this card)" if is_oom(exc) else ""
-                    raise RuntimeError(f"{what}: batch {b} at {side}x{side} failed{hint}: {exc}") from exc
-                peaks.append(None)
-        measured[side] = peaks
+        measured[side] = _probe_side(run_peaks, side, what)
+    mid = middle_side(small_side, large_side, limits.side_multiple)
+    if measured[large_side][1] is None and mid is not None:
+        measured[mid] = _probe_side(run_peaks, mid, what)
     budget = budget_bytes() if callable(budget_bytes) else budget_bytes
-    clamps: dict[int, dict[str, MemoryClamp]] = {}
-    for side, (p1, p2) in measured.items():
-        # batch 2 out of memory: a per-image growth of the whole budget caps this area at 1
-        clamps[side] = {k: MemoryClamp(p1[k], p2[k] if p2 else p1[k] + budget, budget) for k in p1}
-        logger.info(
-            "memory at %dx%d: stage peaks GB @1 %s, @2 %s; budget %.2f GB -> cap %d",
-            side,
-            side,
-            {k: round(v / 1e9, 2) for k, v in p1.items()},
-            {k: round(v / 1e9, 2) for k, v in p2.items()} if p2 else "OOM",
-            budget / 1e9,
-            min((c.max_batch for c in clamps[side].values()), default=1),
-        )
+    clamps = {side: _clamps(side, p1, p2, budget) for side, (p1, p2) in measured.items()}
+    if mid in measured and measured[mid][1] is not None:
+        return AreaMemoryModel(small_side**2, mid**2, clamps[small_side], clamps[mid], one_above=mid**2)
     return AreaMemoryModel(small_side**2, large_side**2, clamps[small_side], clamps[large_side])
+
+
+def _probe_side(run_peaks: RunPeaks, side: int, what: str) -> list[dict[str, int] | None]:
+    """Stage peaks at batch 1 and 2 (None: batch 2 ran out of memory); batch 1 must fit."""
+    shape = Shape(side, side, PROBE_STEPS)
+    peaks: list[dict[str, int] | None] = []
+    for b in (1, 2):
+        try:
+            peaks.append(run_peaks(b, shape))
+        except Exception as exc:
+            if not is_oom(exc) or b == 1:
+                hint = " (lower limits.max_pixels / max_side for this card)" if is_oom(exc) else ""
+                raise RuntimeError(f"{what}: batch {b} at {side}x{side} failed{hint}: {exc}") from exc
+            peaks.append(None)
+    return peaks
+
+
+def _clamps(side: int, p1: dict[str, int], p2: dict[str, int] | None, budget: int) -> dict[str, MemoryClamp]:
+    # batch 2 out of memory: a per-image growth of the whole budget caps this area at 1
+    clamps = {k: MemoryClamp(p1[k], p2[k] if p2 else p1[k] + budget, budget) for k in p1}
+    logger.info(
+        "memory at %dx%d: stage peaks GB @1 %s, @2 %s; budget %.2f GB -> cap %d",
+        side,
+        side,
+        {k: round(v / 1e9, 2) for k, v in p1.items()},
+        {k: round(v / 1e9, 2) for k, v in p2.items()} if p2 else "OOM",
+        budget / 1e9,
+        min((c.max_batch for c in clamps.values()), default=1),
+    )
+    return clamps
 
 
 def gpu_run_peaks(runner: ZImageRunner) -> RunPeaks:

@@ -156,6 +156,28 @@ def test_measure_area_memory_caps_at_1_when_batch_2_runs_out_and_fails_when_batc
         measure_area_memory(lambda b, s: run(b * 2, s), LIMITS, 2048**2, "test")
 
 
+def test_when_batch_2_runs_out_at_the_largest_area_a_middle_one_is_measured_so_mid_sizes_still_batch():
+    """A 16 GB-like card: batch 1 at 2048² fits, batch 2 does not. A line from 512² to that OOM would cap 1024² at 1
+    too; the probe measures 1024² and batches up to it from the 512²-1024² line, and runs larger areas alone."""
+    budget = 15 * GB
+
+    def run(batch, shape):
+        peak = 12 * GB + batch * shape.width * shape.height * 500
+        if peak > budget:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"denoise": peak}
+
+    calls = []
+    model = measure_area_memory(lambda b, s: calls.append((b, s.width)) or run(b, s), LIMITS, budget, "test")
+    assert calls == [(1, 2048), (2, 2048), (1, 512), (2, 512), (1, 1024), (2, 1024)]
+    exact_1024 = (budget - 12 * GB) // (1024**2 * 500)  # 5
+    assert model.max_batch(1024**2) == exact_1024 and model.max_batch(512**2) == (budget - 12 * GB) // (512**2 * 500)
+    assert model.max_batch(1024 * 1040) == 1 and model.max_batch(2048**2) == 1  # above the middle: alone
+    assert model.as_dict()["batch_1_above_area"] == 1024**2
+    for area in (256**2, 512**2, 768**2, 1024**2):  # never above the budget where it batches
+        assert 12 * GB + model.max_batch(area) * area * 500 <= budget
+
+
 # ---- warm-up sizes -------------------------------------------------------------------------------------------------
 def test_warm_up_presets_within_limits_without_those_already_run():
     seen = {(512, 512), (2048, 2048)}
