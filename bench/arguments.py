@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.load_curve import DEFAULT_LOADS
+from bench.shape_mix import WORKLOADS
 from bench.workload import ARTICLE_PROMPT, ARTICLE_SEED, EDIT_INPUTS, TASKS, Lora
 
 
@@ -91,6 +93,40 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default: by GPU name)")
 
 
+def variant_item(text: str) -> tuple[str, dict]:
+    """`old={"batch_policy": "throughput"}` -> ("old", {...}): JSON, or YAML flow (`{max_batch_size: 1}`)."""
+    name, sep, value = text.partition("=")
+    overlay = yaml.safe_load(value) if sep else None
+    if not name.strip() or not isinstance(overlay, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must look like NAME='{{\"key\": value}}'")
+    return name.strip(), overlay
+
+
+def _capacity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=variant_item,
+        metavar="NAME=JSON",
+        help="a Generator user_config overlay applied live before its measurements (repeat; default: the deployed "
+        "config as it is)",
+    )
+    p.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["single"], help="one shape and/or a preset mix")
+    p.add_argument("--size", default=None, help="single: 1024 or WxH; default: the service's default size (its /info)")
+    p.add_argument("--loads", nargs="+", type=float, default=list(DEFAULT_LOADS), help="fractions of capacity")
+    p.add_argument("--requests-per-load", type=int, default=300)
+    p.add_argument("--capacity-requests", type=int, default=64, help="measured requests of the closed loop")
+    p.add_argument("--capacity-clients", type=int, default=None, help="default: 2 x the effective max batch")
+    p.add_argument("--warmup-requests", type=int, default=None, help="before each capacity run (default: clients)")
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--p99-target-s", type=float, default=10.0)
+    p.add_argument("--target-rate", type=float, default=None, help="req/s the plan sizes replicas for")
+    p.add_argument("--arrival-seed", type=int, default=0, help="Poisson arrivals and the preset order")
+    p.add_argument("--drain-s", type=float, default=120.0, help="after a load's last send, wait for answers")
+    p.add_argument("--max-load-s", type=float, default=None, help="cut each load's sending after this")
+
+
 def _http_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", choices=["generate", "openai"], default="generate")
     p.add_argument("--output-format", choices=["png", "jpeg", "webp"], default=None, help="default: png")
@@ -98,11 +134,23 @@ def _http_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=os.environ.get("ZIMAGE_API_KEY"), help="bearer key if the service needs one")
 
 
+def _target_args(p: argparse.ArgumentParser) -> None:
+    """The service to reconfigure live: one this process launches, or one deployed from a config file."""
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--launch", type=Path, help="start a private Ray cluster and deploy this Serve config")
+    target.add_argument("--url", help="a running service (deployed from a config file) ...")
+    p.add_argument("--dashboard", default="http://127.0.0.1:8265", help="... and its Ray dashboard (Serve REST API)")
+    p.add_argument("--config", type=Path, help="with --url: the config it was deployed with (default: ask Serve)")
+    p.add_argument("--http-port", type=int, default=None, help="with --launch: override the config's port")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="with --launch")
+    p.add_argument("--num-cpus", type=int, default=None, help="with --launch: logical CPUs of the private cluster")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark Z-Image-Turbo: load a running service (run, sweep), plain diffusers in-process "
-        "(baseline), tables and plots (report).",
+        description="Benchmark Z-Image-Turbo: load a running service (run, sweep), latency vs offered load and a "
+        "capacity plan (capacity), plain diffusers in-process (baseline), tables and plots (report).",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -126,14 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _http_args(p)
 
     p = sub.add_parser("sweep", help="batch-size sweep, reconfiguring a running deployment live")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--launch", type=Path, help="start a private Ray cluster and deploy this Serve config")
-    target.add_argument("--url", help="a running service (deployed from a config file) ...")
-    p.add_argument("--dashboard", default="http://127.0.0.1:8265", help="... and its Ray dashboard (Serve REST API)")
-    p.add_argument("--config", type=Path, help="with --url: the config it was deployed with (default: ask Serve)")
-    p.add_argument("--http-port", type=int, default=None, help="with --launch: override the config's port")
-    p.add_argument("--dashboard-port", type=int, default=8265, help="with --launch")
-    p.add_argument("--num-cpus", type=int, default=None, help="with --launch: logical CPUs of the private cluster")
+    _target_args(p)
     p.add_argument("--grid", action="append", required=True, help="SIZE=BS,BS,... (repeat for more sizes)")
     p.add_argument("--batches", type=int, default=3, help="measured full batches per row")
     p.add_argument("--warmup-batches", type=int, default=1)
@@ -153,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="Generator user_config for the whole sweep, e.g. batch_wait_timeout_s=0 (restored after)",
     )
+    _workload_args(p)
+    _http_args(p)
+
+    p = sub.add_parser(
+        "capacity",
+        help="latency vs offered load (open loop at fractions of measured capacity) and a capacity plan, per "
+        "user_config variant",
+    )
+    _target_args(p)
+    _capacity_args(p)
     _workload_args(p)
     _http_args(p)
 

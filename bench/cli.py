@@ -1,4 +1,4 @@
-"""`python -m bench {run,sweep,baseline,report}`: argument parsing and wiring; the work lives in the modules."""
+"""`python -m bench {run,sweep,capacity,baseline,report}`: argument parsing and wiring; the work is in the modules."""
 
 from __future__ import annotations
 
@@ -33,9 +33,31 @@ def _auth(args) -> dict:
     return {"Authorization": f"Bearer {args.api_key}"} if getattr(args, "api_key", None) else {}
 
 
-def cmd_sweep(args) -> int:
+def _control(args, stack: contextlib.ExitStack):
+    """ServeControl of the service to reconfigure: launched here (`--launch`, stopped when `stack` closes), or the
+    running one at `--url` through `--dashboard`."""
     from bench.launcher import launched_service
     from bench.serve_control import ServeControl
+
+    if args.launch:
+        svc = launched_service(
+            args.launch,
+            http_port=args.http_port,
+            dashboard_port=args.dashboard_port,
+            num_cpus=args.num_cpus,
+            logs_to=args.out / "serve_logs",
+        )
+        control = stack.enter_context(svc).control
+    else:
+        import yaml
+
+        cfg = yaml.safe_load(args.config.read_text()) if args.config else None
+        control = ServeControl(args.dashboard, args.url, cfg)
+    control.auth_headers = _auth(args)
+    return control
+
+
+def cmd_sweep(args) -> int:
     from bench.sweep import SweepPlan, run_sweep
 
     plan = SweepPlan(
@@ -58,23 +80,7 @@ def cmd_sweep(args) -> int:
         user_config=dict(args.user_config),
     )
     with contextlib.ExitStack() as stack:
-        if args.launch:
-            svc = stack.enter_context(
-                launched_service(
-                    args.launch,
-                    http_port=args.http_port,
-                    dashboard_port=args.dashboard_port,
-                    num_cpus=args.num_cpus,
-                    logs_to=args.out / "serve_logs",
-                )
-            )
-            control = svc.control
-        else:
-            import yaml
-
-            cfg = yaml.safe_load(args.config.read_text()) if args.config else None
-            control = ServeControl(args.dashboard, args.url, cfg)
-        control.auth_headers = _auth(args)
+        control = _control(args, stack)
         tel = stack.enter_context(_sampler(args))
         info = control.info()
         settings = {**plan.describe(), "peak_tflops": args.peak_tflops, "config": str(args.launch or args.config)}
@@ -240,6 +246,74 @@ def cmd_run(args) -> int:
     return _report_one(run.data, args.out)
 
 
+def cmd_capacity(args) -> int:
+    from bench.capacity import CapacityRun, CapacitySpec
+    from bench.capacity_report import print_capacity_summary, write_capacity_report
+    from bench.shape_mix import mix_for
+    from bench.workload import Workload
+
+    variants = dict(args.variant) or {"deployed": {}}
+    if len(variants) < len(args.variant):
+        logger.error("variant names must differ: %s", [name for name, _ in args.variant])
+        return 2
+    spec = CapacitySpec(
+        variants=variants,
+        loads=tuple(args.loads),
+        requests_per_load=args.requests_per_load,
+        capacity_requests=args.capacity_requests,
+        capacity_clients=args.capacity_clients,
+        warmup_requests=args.warmup_requests,
+        warmup_steps=args.warmup_steps,
+        p99_target_s=args.p99_target_s,
+        target_rate_rps=args.target_rate,
+        arrival_seed=args.arrival_seed,
+        drain_s=args.drain_s,
+        max_load_s=args.max_load_s,
+        timeout_s=args.timeout_s,
+    )
+    with contextlib.ExitStack() as stack:
+        control = _control(args, stack)
+        tel = stack.enter_context(_sampler(args))
+        info = control.info()
+        w, h = _run_size(args.size, info)
+        base = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint, args.output_format)
+        mixes, notes = {}, {}
+        for name in args.workload:
+            mixes[name], notes[name] = mix_for(name, base, info, args.arrival_seed)
+        settings = {
+            **spec.describe(),
+            "steps": args.steps,
+            "workload_shapes": notes,
+            "workloads": {name: mix.describe() for name, mix in mixes.items()},
+            "url": control.url,
+            "peak_tflops": args.peak_tflops,
+        }
+        label = "latency vs offered load, " + " vs ".join(variants)
+        run = RunFile(
+            args.out / "capacity.json.gz",
+            "capacity",
+            label,
+            info.get("model_source", "unknown"),
+            environment.capture(args.gpu_index),
+            settings,
+        )
+        run.set(service=info)
+        failed = False
+        try:
+            CapacityRun(control.url, control, spec, run, tel["sampler"]).execute(mixes, info)
+        except Exception:  # keep and report what was measured
+            logger.exception("capacity run stopped early")
+            failed = True
+        finally:
+            run.data["telemetry"]["na"] = tel["na"]()
+            run.save()
+    paths = write_capacity_report(run.data, args.out)
+    print_capacity_summary(run.data)
+    logger.info("wrote %s", ", ".join(str(p) for p in [run.path, *paths.values()]))
+    complete = len(run.data["plans"]) == len(variants) * len(mixes)
+    return 0 if complete and not failed else 1
+
+
 def cmd_report(args) -> int:
     from bench.report import write_comparison, write_run_report
 
@@ -248,6 +322,12 @@ def cmd_report(args) -> int:
         return 2
     for path in args.runs:
         run = load_run(path)
+        if run["kind"] == "capacity":
+            from bench.capacity_report import print_capacity_summary, write_capacity_report
+
+            write_capacity_report(run, args.out, run_name(path))
+            print_capacity_summary(run)
+            continue
         write_run_report(run, args.out, run_name(path))
         print_summary(run)
     if args.serve and args.baseline:
@@ -312,5 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "sweep": cmd_sweep, "baseline": cmd_baseline, "report": cmd_report}[args.cmd]
+    handlers = {"run": cmd_run, "sweep": cmd_sweep, "capacity": cmd_capacity, "baseline": cmd_baseline}
+    handler = {**handlers, "report": cmd_report}[args.cmd]
     return handler(args)

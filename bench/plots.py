@@ -127,3 +127,45 @@ def plot_comparison(serve: dict, baseline: dict, out_dir: Path) -> dict[str, Pat
     ax.set_title("Ray Serve vs in-process diffusers")
     caption = f"weights: {serve['weights']} | {_caption(baseline).split(' | ', 2)[2]}"
     return {"plot_compare": _finish(fig, caption, out_dir / "compare_throughput.png")}
+
+
+def plot_latency_vs_load(run: dict, out_dir: Path, stem: str) -> Path:
+    """Latency percentiles vs offered rate, one panel per workload, one colour per variant (p50 dotted, p90 dashed,
+    p99 solid); the p99 target as a grey line and each variant's planned rate as a star on it and a vertical line."""
+    loads = [r["summary"] for r in run["rows"] if r["summary"]["phase"] == "load"]
+    workloads = list(dict.fromkeys(s["workload"] for s in loads)) or ["(no loads)"]
+    variants = list(dict.fromkeys(s["variant"] for s in loads))
+    colours = {v: f"C{i}" for i, v in enumerate(variants)}
+    target = (run.get("settings") or {}).get("p99_target_s")
+    fig, axes = plt.subplots(1, len(workloads), figsize=(7 * len(workloads), 4.8), squeeze=False)
+    for ax, workload in zip(axes[0], workloads, strict=True):
+        for v in variants:
+            pts = [s for s in loads if (s["workload"], s["variant"]) == (workload, v)]
+            pts.sort(key=lambda s: s["fraction"])
+            for q, style in (("p50", ":"), ("p90", "--"), ("p99", "-")):
+                xy = [(s["offered_rate_rps"], s[f"latency_{q}_s"]) for s in pts if s[f"latency_{q}_s"] is not None]
+                if xy:
+                    ax.plot(*zip(*xy, strict=True), style, marker="o", ms=3, color=colours[v], label=f"{v} {q}")
+            for s in pts:
+                if s["latency_p99_s"] is not None:
+                    ax.annotate(f"{s['fraction']:g}x", (s["offered_rate_rps"], s["latency_p99_s"]), fontsize=6)
+            for plan in run.get("plans", []):
+                if (plan["workload"], plan["variant"]) == (workload, v) and plan["max_rate_rps"] is not None:
+                    ax.axvline(plan["max_rate_rps"], color=colours[v], lw=0.8, alpha=0.6, ls="-.")
+                    hollow = {"mfc": "none"} if plan["basis"] == "lower bound" else {}  # the real limit is higher
+                    ax.plot(plan["max_rate_rps"], plan["p99_target_s"], "*", ms=9, color=colours[v], **hollow)
+        top = max((s["latency_p99_s"] or 0 for s in loads if s["workload"] == workload), default=0) * 1.05
+        cut = ""
+        if target:  # an overloaded p99 would squash the rest: show up to 3x the target
+            ax.axhline(target, color="grey", lw=1, label=f"p99 target {target:g} s")
+            cut = f", cut at {3 * target:g} s" if top > 3 * target else ""
+            top = min(max(top, 1.1 * target), 3 * target)
+        # linear axes: the plan interpolates p99 linearly in rate, so its star sits where the drawn p99 line crosses
+        ax.set_ylim(0, top or None)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("offered load (req/s, open loop; labels: fraction of the variant's capacity)")
+        ax.set_ylabel(f"latency from scheduled send (s){cut}")
+        ax.set_title(f"Latency vs offered load, {workload}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _finish(fig, _caption(run), out_dir / f"{stem}_latency_vs_load.png")

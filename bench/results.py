@@ -79,8 +79,13 @@ class RunFile:
         self.save()
 
     def save(self) -> None:
+        """A `.gz` path is written gzip-compressed (what gets committed; `read_json` reads both)."""
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        text = json.dumps(self.data, indent=1, default=str)
+        if self.path.suffix == ".gz":
+            tmp.write_bytes(gzip.compress(text.encode(), mtime=0))
+        else:
+            tmp.write_text(text)
         os.replace(tmp, self.path)
 
 

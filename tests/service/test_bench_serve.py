@@ -4,22 +4,26 @@ the Serve REST API exactly as `bench sweep --launch` does, reconfigured live bet
 Checks: the observed X-Batch-Size follows the live max_batch_size change with the same replica process; counts
 reconcile when the bounded queue rejects (real 503s); `bench run` (open loop) and `bench baseline` + `bench report`
 produce their files; `bench run --task edit|inpaint --lora` edits images the service made, through the real multipart
-parser, with a real (tiny, peft-made) adapter the config serves.
+parser, with a real (tiny, peft-made) adapter the config serves; `bench capacity` compares two user_config variants
+(latency vs offered load, capacity plan) on the same replica.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
 
+from bench.capacity_plan import capacity_plan
 from bench.cli import main
 from bench.flops import arch_for_source
 from bench.launcher import REPO, launched_service, load_config
 from bench.loadgen import LoadSpec, run_load
 from bench.report import write_run_report
-from bench.results import RunFile
+from bench.results import RunFile, read_json
+from bench.shape_mix import fits, preset_shapes
 from bench.stats import request_stats
 from bench.sweep import SweepPlan, run_sweep
 from bench.workload import Workload
@@ -159,3 +163,38 @@ def test_baseline_and_comparison_report(sweep, tmp_path):
     report = (tmp_path / "r/report.md").read_text()
     assert "| 256x256 | 1 |" in report and "| 256x256 | 4 |" in report
     assert (tmp_path / "r/compare_throughput.png").exists() and (tmp_path / "r/comparison.csv").exists()
+
+
+def test_cli_capacity_plan_for_two_variants(service, tmp_path):
+    """`bench capacity` end to end: two user_config variants applied live (max batch 1 vs 4), each one's capacity
+    from a closed loop, open loops at 0.5x and 1.1x of it; counts reconcile, the plan is the one the measured loads
+    give, the plot is written, and the deployed user_config is back afterwards."""
+    deployed = service.control.info()["generator"]["user_config"]["max_batch_size"]
+    variants = ["--variant", 'mb1={"max_batch_size": 1}', "--variant", 'mb4={"max_batch_size": 4}']
+    load = ["--loads", "0.5", "1.1", "--requests-per-load", "4", "--capacity-requests", "4", "--warmup-requests", "0"]
+    plan = ["--p99-target-s", "60", "--target-rate", "20", "--steps", "2", "--out", str(tmp_path)]
+    argv = ["capacity", "--url", service.url, "--dashboard", service.dashboard_url, *variants, *load, *plan]
+    assert main(argv) == 0
+    data = read_json(tmp_path / "capacity.json.gz")
+    assert {k: v["user_config"]["max_batch_size"] for k, v in data["variants"].items()} == {"mb1": 1, "mb4": 4}
+    assert not any(v["replica_restarted"] for v in data["variants"].values())
+    for name, batch in (("mb1", 1), ("mb4", 4)):
+        rows = [r["summary"] for r in data["rows"] if r["summary"]["variant"] == name]
+        cap, loads = rows[0], rows[1:]
+        assert cap["phase"] == "capacity" and cap["concurrency"] == 2 * batch and cap["ok"] == cap["sent"] == 4
+        assert [s["fraction"] for s in loads] == [0.5, 1.1]
+        for s in loads:
+            assert s["sent"] == 4 == s["ok"] + s["rejected"] + s["errors"]
+            assert s["offered_rate_rps"] == pytest.approx(s["fraction"] * cap["throughput_img_s"])
+            assert set(s["by_shape"]) == {"256x256"} and s["by_shape"]["256x256"]["mean_batch_size"] <= batch
+        (p,) = [p for p in data["plans"] if p["variant"] == name]
+        assert p == {"variant": name, "workload": "single", **capacity_plan(loads, cap["throughput_img_s"], 60, 20)}
+        assert p["basis"] == "lower bound" and p["max_rate_rps"] == pytest.approx(1.1 * cap["throughput_img_s"])
+        assert p["replicas_needed"] == math.ceil(20 / p["max_rate_rps"])
+    assert (tmp_path / "capacity_latency_vs_load.png").stat().st_size > 0 and (tmp_path / "capacity.md").exists()
+    assert main(["report", str(tmp_path / "capacity.json.gz"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again/capacity_latency_vs_load.png").exists()  # re-rendered from the compressed JSON
+    info = service.control.info()
+    assert info["generator"]["user_config"]["max_batch_size"] == deployed  # restored
+    shapes, note = preset_shapes(info)  # `--workload presets` on this service: every preset, scaled to fit
+    assert "scaled down" in note and all(fits(info["limits"], w, h) for w, h in shapes)
