@@ -126,6 +126,17 @@ def _panel(spec: PanelSpec):
     p = p.span(spec.width).height(PANEL_HEIGHT).targets(_targets(spec))
     if spec.min is not None and spec.kind == "timeseries":
         p = p.min(spec.min)
+    for i, q in enumerate(spec.queries):
+        if q.right_unit is not None:
+            if spec.kind != "timeseries":
+                raise ValueError(f"{spec.title}: a right-hand axis needs a timeseries panel")
+            p = p.override_by_query(
+                chr(ord("A") + i),
+                [
+                    dashboard.DynamicConfigValue(id_val="unit", value=q.right_unit),
+                    dashboard.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                ],
+            )
     if spec.max is not None:
         p = p.max(spec.max)
     return p

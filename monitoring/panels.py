@@ -22,6 +22,7 @@ class Query:
     expr: str
     legend: str
     heatmap: bool = False  # Prometheus `format: heatmap` (bucket series sorted by le)
+    right_unit: str | None = None  # timeseries: this query on a right-hand axis in its own unit
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ def _images_by(label: str, title: str, description: str) -> PanelSpec:
     return PanelSpec(title, description, (query,), width=6)
 
 
-# Last, so the panel ids of the rows above (links like ?viewPanel=N) stay what they were.
+# Added after the rows above, so their panel ids (links like ?viewPanel=N) stayed what they were.
 WORK = RowSpec(
     "Tasks and LoRA adapters",
     (
@@ -352,7 +353,62 @@ WORK = RowSpec(
     ),
 )
 
-ROWS: tuple[RowSpec, ...] = (TRAFFIC, LATENCY, BATCHING, REPLICAS, GPU, WORK)
+# Added last, for the same reason.
+POLICY = RowSpec(
+    "Batch policy, GPU idle gaps and ingress admission",
+    (
+        PanelSpec(
+            "Planned batch by shape",
+            "The batch the batch policy last chose for each shape (task WxH steps), largest over the selected "
+            "Generator replicas, against each image size's cap (tier, memory model, OOM cap). Below the cap while "
+            "requests queue: the latency policy found no gain in a bigger batch. A shape keeps its last plan until it "
+            "is requested again.",
+            (
+                Query(_agg("max", "ray_zimage_planned_batch_size", REP, "shape"), "planned {{shape}}"),
+                Query(_agg("max", "ray_zimage_max_batch_by_shape", REP, "shape"), "cap {{shape}}"),
+            ),
+            width=6,
+        ),
+        PanelSpec(
+            "Learnt seconds per image by shape and batch size",
+            "The efficiency curve the latency policy reads: learnt GPU seconds per image of a shape at each batch "
+            "size it ran (mean of recent batches; averaged over the selected replicas). Lines that stay together: "
+            "bigger batches buy no throughput at that shape.",
+            (
+                Query(
+                    _agg("avg", "ray_zimage_learnt_seconds_per_image", REP, "shape, batch_size"),
+                    "{{shape}} x{{batch_size}}",
+                ),
+            ),
+            unit="s",
+            width=6,
+        ),
+        PanelSpec(
+            "GPU idle gap while work waits",
+            "Time between the end of one pipeline call and the start of the next while requests waited for the GPU "
+            "(Python, scheduling, Serve's hand-off between batches), p50 and p99 over gaps. Buckets 1 ms to 1 s: "
+            "a quantile at 1 s means 1 s or more.",
+            tuple(
+                Query(_quantile(q, "ray_zimage_gpu_idle_gap_seconds", REP), f"p{round(q * 100)}") for q in (0.5, 0.99)
+            ),
+            unit="s",
+            width=6,
+        ),
+        PanelSpec(
+            "Ingress in-flight images vs rejections",
+            "Images each Ingress replica has sent to the Generator and not yet got back (left axis; at its bound, "
+            "ingress_max_in_flight, /info ingress.max_in_flight_images, it answers 503 itself), against the 503s the "
+            "ingress gave without an image, by reason (right axis; ingress_full: that bound).",
+            (
+                Query(_agg("sum", "ray_zimage_ingress_in_flight_images", SEL, "replica"), "in flight {{replica}}"),
+                Query(_rate("ray_zimage_requests_rejected_total", SEL, "reason"), "503 {{reason}}", right_unit="reqps"),
+            ),
+            width=6,
+        ),
+    ),
+)
+
+ROWS: tuple[RowSpec, ...] = (TRAFFIC, LATENCY, BATCHING, REPLICAS, GPU, WORK, POLICY)
 
 # ---- DCGM variant: the same GPU questions answered by NVIDIA's dcgm-exporter (GPU operator) -------------------------
 # dcgm-exporter labels each GPU's series with the pod using it: `pod`/`namespace` when Prometheus honours the

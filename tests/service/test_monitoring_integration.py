@@ -204,6 +204,36 @@ def test_task_and_adapter_panels_split_the_traffic(loaded):
     assert labels("Batch size by task and adapter set", "task") == tasks
 
 
+def test_batch_policy_idle_gap_and_admission_panels(loaded):
+    """The last row reads what the batch policy, the executor and the ingress record under the load: a planned batch
+    and a learnt curve per shape (batches above 2 OOM, so only 1 and 2 are learnt), idle gaps while requests waited
+    for the GPU, and the ingress's in-flight images up to its bound beside its own 503s (32 clients > bound 16)."""
+    prom, start, end, *_ = loaded
+    queries = {(q.panel, q.ref_id): q for q in dashboard_queries.load(uid=dashboard.UID)}
+
+    def series(panel: str, ref_id: str = "A") -> list[tuple[dict, list[float]]]:
+        result = prom.query_range(queries[(panel, ref_id)].promql(rate_interval="10s"), start, end, step=1)
+        out = [(s["metric"], [float(v) for _, v in s["values"] if math.isfinite(float(v))]) for s in result]
+        return [(labels, values) for labels, values in out if values]
+
+    shapes = {f"{task} 256x256 2 steps" for task in ("generate", "edit", "inpaint")}
+    planned = series("Planned batch by shape")
+    assert {m["shape"] for m, _ in planned} == shapes, planned
+    assert all(1 <= v <= 8 for _, values in planned for v in values), planned
+    curve = series("Learnt seconds per image by shape and batch size")
+    assert {m["shape"] for m, _ in curve} == shapes, curve
+    assert {m["batch_size"] for m, _ in curve} <= {"1", "2"} and any(m["batch_size"] == "1" for m, _ in curve)
+    assert all(v > 0 for _, values in curve for v in values), curve
+    (p50,), (p99,) = series("GPU idle gap while work waits"), series("GPU idle gap while work waits", "B")
+    assert all(0 < v <= 1 for v in p50[1] + p99[1]), (p50, p99)
+    assert max(p99[1]) >= max(p50[1])
+    info = httpx.get(f"{serve_harness.BASE_URL}/info", timeout=30).json()["ingress"]
+    (in_flight,) = series("Ingress in-flight images vs rejections")
+    assert 1 <= max(in_flight[1]) <= info["max_in_flight_images"] == 16, (in_flight, info)
+    rejected = {m["reason"] for m, _ in series("Ingress in-flight images vs rejections", "B")}
+    assert "ingress_full" in rejected, rejected
+
+
 def test_variables_resolve(loaded):
     prom, *_ = loaded
     found = {}

@@ -69,6 +69,63 @@ def test_every_selector_follows_ray_label_conventions():
                 assert 'ray_io_cluster=~"$Cluster"' in labels, f"{title}: {metric} lacks the Cluster filter"
 
 
+def test_panel_ids_stay_put():
+    """Links like /d/zimage-serve?viewPanel=N must keep working: a new row goes last, panels join the end of it."""
+    (d,) = [d for d in _committed().values() if d["uid"] == dashboard.UID]
+    rows = [(p["id"], p["title"]) for p in d["panels"] if p["type"] == "row"]
+    assert rows == [
+        (1, "Traffic and errors"),
+        (5, "Latency"),
+        (9, "Queue and batching"),
+        (15, "Replicas, memory mode and OOM"),
+        (19, "GPU (NVML and GPM, per Generator replica)"),
+        (24, "Tasks and LoRA adapters"),
+        (29, "Batch policy, GPU idle gaps and ingress admission"),
+    ]
+    by_id = {p["id"]: p["title"] for p in d["panels"]}
+    assert by_id[28] == "Batch size by task and adapter set"  # the last panel before the batch policy row
+    assert [by_id[i] for i in range(30, 34)] == [
+        "Planned batch by shape",
+        "Learnt seconds per image by shape and batch size",
+        "GPU idle gap while work waits",
+        "Ingress in-flight images vs rejections",
+    ]
+
+
+def test_ingress_metrics_do_not_filter_on_generator_replicas():
+    """`$Replica` lists Generator replicas: a metric the Ingress records filtered on it would always be empty."""
+    source = METRICS_PY.read_text()
+    ingress = source[source.index("class IngressMetrics") :]
+    names = set(re.findall(r'"(zimage_[a-z_]+)"', ingress))
+    assert "zimage_ingress_in_flight_images" in names
+    selector = re.compile(r"\bray_(zimage_[a-z_]+)\{([^}]*)\}")
+    seen = set()
+    for d in _committed().values():
+        for title, t in _targets(d):
+            for metric, labels in selector.findall(t["expr"]):
+                base = re.sub(r"(_bucket|_sum|_count|_exact_total|_total)$", "", metric)
+                if base in names:
+                    seen.add(base)
+                    assert "$Replica" not in labels, f"{title}: {metric} is an Ingress metric"
+    assert {"zimage_ingress_in_flight_images", "zimage_requests_rejected"} <= seen
+
+
+def test_right_axis_queries_get_their_unit():
+    """Ingress in-flight images (left, images) against rejections (right, requests/s): one override per query."""
+    (d,) = [d for d in _committed().values() if d["uid"] == dashboard.UID]
+    (panel,) = [p for p in d["panels"] if p["title"] == "Ingress in-flight images vs rejections"]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "short"
+    assert panel["fieldConfig"]["overrides"] == [
+        {
+            "matcher": {"id": "byFrameRefID", "options": "B"},
+            "properties": [{"id": "unit", "value": "reqps"}, {"id": "custom.axisPlacement", "value": "right"}],
+        }
+    ]
+    assert "ray_zimage_requests_rejected_total" in panel["targets"][1]["expr"]
+    others = [p for p in d["panels"] if p is not panel and p["type"] != "row"]
+    assert all(not p["fieldConfig"]["overrides"] for p in others)
+
+
 def test_dcgm_selectors_filter_on_the_workers_pods():
     """Every DCGM_FI_* selector filters on Namespace and Pod, in both of dcgm-exporter's labellings."""
     (d,) = [d for d in _committed().values() if d["uid"] == dashboard.DCGM_UID]
