@@ -1,6 +1,6 @@
 """Build the Grafana dashboard from monitoring.panels with grafana-foundation-sdk (Grafana 11.6, schemaVersion 41).
 
-Regenerate the committed JSON after editing panels.py (tests/test_monitoring_dashboards.py fails until you do):
+Regenerate the committed JSON after editing panels.py (tests/unit/test_monitoring_dashboards.py fails until you do):
 
     python -m monitoring.dashboard
 """

@@ -5,7 +5,7 @@
 Idempotent: each dashboard keeps its uid and is saved with overwrite=True, so a rerun updates it in place (new
 version in Grafana's history) instead of creating a copy. The token needs the dashboards:write permission
 (a service account with the Editor role). Tested against a local fake HTTP server
-(tests/test_monitoring_dashboards.py), because no Grafana server can be installed where CI runs.
+(tests/unit/test_monitoring_dashboards.py), because no Grafana server can be installed where CI runs.
 """
 
 from __future__ import annotations

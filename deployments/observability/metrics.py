@@ -2,7 +2,7 @@
 application/deployment/replica added by `ray.serve.metrics`; counters also get `_total`).
 
 Names are the contract with monitoring/ (dashboards, recording rules, alerts): change them there too;
-tests/test_monitoring_dashboards.py checks that every `ray_zimage_*` name the dashboards use is declared here.
+tests/unit/test_monitoring_dashboards.py checks that every `ray_zimage_*` name the dashboards use is declared here.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class StateGauge(metrics.Gauge):
     Ray 2.60's metrics agent evicts gauge series that stop being recorded (`_gauge_metric_ttl_s` in
     ray/_private/telemetry/open_telemetry_metric_recorder.py; measured here: gone ~20 s after the last set with a
     2 s report interval), so a value set once at reconfigure() would vanish from Prometheus. A daemon thread
-    re-records the last value of every tag set (tests/test_monitoring_integration.py checks 30 s later).
+    re-records the last value of every tag set (tests/service/test_monitoring_integration.py checks 30 s later).
     """
 
     REFRESH_S = 1.0  # below the shortest report interval Ray allows (1 s)

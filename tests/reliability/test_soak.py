@@ -4,7 +4,7 @@ What must hold: no errors and no rejections, latency does not drift (last minute
 resident memory (RssAnon) of the Generator replica, the Ingress replica and the Serve proxy stays flat after warm-up
 (growth bound below; total RSS and its shared object-store part are recorded too). Slow: excluded by default; run with
   ZIMAGE_RESULTS_DIR=tests/results/reliability ZIMAGE_TEST_HTTP_PORT=18300 python3 -m pytest -m slow \
-      tests/test_reliability_soak.py
+      tests/reliability/test_soak.py
 (ZIMAGE_SOAK_S shortens it for a try-out.)
 """
 
