@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
+from deployments.autoscaling import S_PER_IMAGE, backlog_seconds_per_image
 from deployments.batching.efficiency import EfficiencyModel, label, shape_key
 from deployments.batching.executor import GroupExecutor, gap_summary
 from deployments.batching.gate import BatchGate
@@ -218,6 +219,12 @@ class ZImageGenerator:
             "ready_s": eng.ready_s,
             "pid": os.getpid(),
         }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaling metric (deployments/autoscaling.py): the learnt GPU seconds per image of this replica's
+        backlog, which turns Serve's ongoing-request count into a queue wait. Async: it reads the gate on its loop."""
+        waiting = [(label(shape_key(key)), n) for key, n in self.gate.waiting_by_key().items()]
+        return {S_PER_IMAGE: backlog_seconds_per_image(self.efficiency.as_dict(), waiting)}
 
     def check_health(self) -> None:
         if self.executor.fatal is not None:

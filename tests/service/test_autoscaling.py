@@ -1,15 +1,20 @@
-"""Generator autoscaling on logical GPUs: 1 -> 2 replicas under rising load, back to 1 when it falls, nothing lost.
+"""Generator autoscaling on logical GPUs, on the production policy: 1 -> 2 replicas when the queue wait passes its
+target, back to 1 when load falls, nothing lost.
 
 Ray is started with 2 *logical* GPUs (scheduling only: there is no GPU here) and the Generator asks for
-`num_gpus: 1` per replica, as in production, while the model runs on the CPU (tiny random weights). The autoscaler,
-the scheduler, the router and the draining of a removed replica are real. One fake: a 0.5 s sleep per denoise call
-(`tests.fakes.WrappingFactory(sleep_s=0.5)`), a GPU-like batch time, so that load builds ongoing requests (what the
-autoscaler acts on) without two replicas fighting over two shared CPU cores.
+`num_gpus: 1` per replica, as in production, while the model runs on the CPU (tiny random weights). The policy is
+serve_config.yaml's (`deployments.autoscaling:QueueWaitPolicy`, fed by each replica's `record_autoscaling_stats`);
+the autoscaler, the scheduler, the router and the draining of a removed replica are real. `target_ongoing_requests`
+(the policy's fallback before anything is learnt, Serve's own formula) is out of reach, so only the learnt queue wait
+can add the replica. One fake: a 0.5 s sleep per denoise call (`tests.fakes.WrappingFactory(sleep_s=0.5)`), a GPU-like
+batch time (batching pays: ~0.7 s/img alone, ~0.3 in batches of 4), so that load builds a queue wait without two
+replicas fighting over two shared CPU cores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -24,21 +29,28 @@ AUTOSCALING = {
     "min_replicas": 1,
     "initial_replicas": 1,
     "max_replicas": 2,
-    "target_ongoing_requests": 2,
+    # Up when the estimated wait (ongoing x learnt s/img / replicas) passes 2 s, down when one replica fewer would
+    # keep it under 1 s: LOW is under 1 ongoing x 0.7 s/img; at HIGH one replica's queue grows by ~3 a second.
+    "policy": {
+        "policy_function": "deployments.autoscaling:QueueWaitPolicy",
+        "policy_kwargs": {"target_queue_wait_s": 2.0, "downscale_headroom": 0.5},
+    },
+    "target_ongoing_requests": 1000,  # the fallback, out of reach: a scale-up here is the queue-wait signal's
     "metrics_interval_s": 0.5,
     "look_back_period_s": 2,
-    "upscale_delay_s": 2,
-    "downscale_delay_s": 6,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 3,
 }
 GEN = {
     "ray_actor_options": {"num_gpus": 1, "num_cpus": 0},
     "max_ongoing_requests": 8,
     "max_queued_requests": 256,  # the test is about scaling, not shedding: nothing may be refused
+    "graceful_shutdown_wait_loop_s": 0.5,  # a removed replica is gone as soon as its requests are answered
     "autoscaling_config": AUTOSCALING,
     "user_config": {"cpu_max_batch_size": 4},
 }
-LOW_HZ, HIGH_HZ = 1.0, 6.0  # one replica serves ~5/s (batches of 4 in ~0.8 s); HIGH keeps ~10 requests ongoing
-WARM_S, HOLD_S, MAX_PHASE_S = 4.0, 5.0, 60.0
+LOW_HZ, HIGH_HZ = 1.0, 6.0  # one replica serves ~3-5/s in batches of 4: HIGH builds a queue on one, not on two
+WARM_S, HOLD_S, AFTER_S, MAX_PHASE_S = 3.0, 3.0, 1.5, 60.0
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -84,7 +96,7 @@ class Script:
         await asyncio.sleep(HOLD_S)
         self.rate, self.phases["low_at_s"] = LOW_HZ, self.now()
         self.phases["scale_down_s"] = await self.wait_for(lambda s: s == {"RUNNING": 1}, MAX_PHASE_S)
-        await asyncio.sleep(2.0)  # a little load after the scale-down, on the remaining replica
+        await asyncio.sleep(AFTER_S)  # a little load after the scale-down, on the remaining replica
         self.phases["end_s"] = self.now()
         stop.set()
 
@@ -131,3 +143,5 @@ def test_scales_up_under_load_and_back_down_without_losing_requests(service):
     assert p["scale_down_s"] is not None, f"never went back to 1 replica: {script.samples[-3:]}"
     assert s["ok"] == s["sent"] > 0, s["codes"]  # no request lost through either scale event
     assert len(by_phase["high"]["replicas"]) == 2, "both replicas must have served during the high phase"
+    running = [n for n, _ in itertools.groupby(states.get("RUNNING", 0) for _, states in script.samples)]
+    assert running == [1, 2, 1], f"the count must follow the load once up and once down, no flapping: {running}"
