@@ -26,7 +26,7 @@ GEN = {"max_ongoing_requests": 8, "max_queued_requests": 8, "user_config": {"cpu
 # 512x512 (~3 img/s on 2 cores) keeps the offered rate low enough that the client and proxy are not the bottleneck.
 PAYLOAD = {"prompt": "a realistic photo of a red sports car on a mountain road at sunset", "width": 512, "height": 512}
 OVERLOAD_FACTOR = 3.0
-OVERLOAD_S = 12.0
+OVERLOAD_S = 9.0
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ async def _watch_health(stop: asyncio.Event) -> list[tuple[int | None, float]]:
 async def _overload() -> dict:
     send = lg.generate_request(PAYLOAD)
     capacity = await lg.measure_capacity(
-        serve_harness.BASE_URL, concurrency=GEN["max_ongoing_requests"], duration_s=6, send=send
+        serve_harness.BASE_URL, concurrency=GEN["max_ongoing_requests"], duration_s=4, send=send
     )
     rate = OVERLOAD_FACTOR * capacity
     stop = asyncio.Event()
