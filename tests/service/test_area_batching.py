@@ -36,7 +36,12 @@ def memory_service(serve_cluster, tmp_path_factory):
     config = tiny_config(
         limits={"max_side": 2048, "max_steps": 16, "max_images_per_request": 4}, testing={"emulate_memory": memory}
     )
-    serve_cluster.deploy(config=config, pipeline_factory=factory, generator_options=GEN)
+    # two intra-op threads (the suite's default is one): a 2048^2 image takes the tiny model ~16 s on one CPU thread,
+    # mostly the VAE decode, and nothing else runs while this module does
+    threads = {"num_gpus": 0, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "2"}}}
+    serve_cluster.deploy(
+        config=config, pipeline_factory=factory, generator_options={**GEN, "ray_actor_options": threads}
+    )
     return factory
 
 
