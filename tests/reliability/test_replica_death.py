@@ -33,7 +33,7 @@ GEN = {
     "user_config": {"cpu_max_batch_size": 8},
 }
 RATE_HZ = 3.0  # about half of what one replica serves with ~1.3 s batches of 8: the survivor can carry it alone
-KILL_AT_S = 6.0
+KILL_AT_S = 4.0
 AFTER_RECOVERY_S = 4.0  # keep the load on this long after the replacement is RUNNING, so it serves some of it
 MAX_LOAD_S = 90.0
 RETRY_LOG = re.compile(r"generator replica died \((\w+)\); retrying once")
