@@ -77,7 +77,7 @@ def prom(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     target = f"127.0.0.1:{server.server_address[1]}"
     config = {
-        "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
             {"job_name": "dcgm-honour", "honor_labels": True, "metrics_path": "/node-a",
              "static_configs": [{"targets": [target]}]},
@@ -88,7 +88,7 @@ def prom(tmp_path_factory):
     p = start_prometheus(tmp_path_factory.mktemp("prom-dcgm"), PROM_PORT, None, config=config)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # 8 scrapes of both targets (4 s): rate() over 5 s sees a full window
+        while time.monotonic() < deadline:  # 8 scrapes of both targets: rate() over 5 s sees a full window
             if len(p.query("count_over_time(DCGM_FI_DEV_GPU_TEMP[1m]) >= 8")) == 2:
                 break
             time.sleep(0.5)
