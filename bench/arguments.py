@@ -112,8 +112,11 @@ def _capacity_args(p: argparse.ArgumentParser) -> None:
         help="a Generator user_config overlay applied live before its measurements (repeat; default: the deployed "
         "config as it is)",
     )
-    p.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["single"], help="one shape and/or a preset mix")
+    p.add_argument(
+        "--workload", nargs="+", choices=WORKLOADS, default=["single"], help="one shape, presets, or --shapes"
+    )
     p.add_argument("--size", default=None, help="single: 1024 or WxH; default: the service's default size (its /info)")
+    p.add_argument("--shapes", nargs="+", type=parse_size, default=[], metavar="WxH", help="mix: the sizes, in turns")
     p.add_argument("--loads", nargs="+", type=float, default=list(DEFAULT_LOADS), help="fractions of capacity")
     p.add_argument("--requests-per-load", type=int, default=300)
     p.add_argument("--capacity-requests", type=int, default=64, help="measured requests of the closed loop")

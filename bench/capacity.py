@@ -72,12 +72,23 @@ class CapacityRun:
                 }
                 for workload, mix in mixes.items():
                     self._curve(name, workload, mix, gen, replicas)
+                self.run.data["variants"][name]["batching_after"] = self._batching_now()
         finally:
             if original:
                 try:
                     self._apply(original)
                 except Exception as exc:
                     logger.warning("could not restore user_config %s: %s", original, exc)
+
+    def _batching_now(self) -> dict | None:
+        """The replica's batching state after a variant's loads: learnt curves, decisions, GPU idle gaps (/info)."""
+        if self.control is None:
+            return None
+        try:
+            return (self.control.info().get("generator") or {}).get("batching")
+        except Exception as exc:  # the run's figures stand without it
+            logger.warning("could not read /info after the variant: %s", exc)
+            return None
 
     def _apply(self, change: dict) -> dict:
         gen = self.control.apply_user_config(change, timeout_s=self.spec.reconfigure_timeout_s)

@@ -279,7 +279,7 @@ def cmd_capacity(args) -> int:
         base = Workload(w, h, args.steps, args.prompt_mode, args.prompt, args.seed, args.endpoint, args.output_format)
         mixes, notes = {}, {}
         for name in args.workload:
-            mixes[name], notes[name] = mix_for(name, base, info, args.arrival_seed)
+            mixes[name], notes[name] = mix_for(name, base, info, args.arrival_seed, tuple(args.shapes))
         settings = {
             **spec.describe(),
             "steps": args.steps,

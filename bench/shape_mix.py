@@ -1,4 +1,5 @@
-"""Which image sizes a capacity run sends: one shape, or a mix of the official presets the service allows.
+"""Which image sizes a capacity run sends: one shape, a mix of the official presets the service allows, or a mix of
+sizes given on the command line (`--shapes`).
 
 Request i's shape is a function of i alone (a seeded shuffle of the shapes, reshuffled each round), so a record's
 shape is known from its index and every shape is sent about as often as the others, even in short runs.
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 from bench.workload import Workload, WorkloadRequest
 from deployments.presets import PRESETS
 
-WORKLOADS = ("single", "presets")
+WORKLOADS = ("single", "presets", "mix")
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,17 @@ def preset_shapes(info: dict) -> tuple[tuple[tuple[int, int], ...], str]:
     raise ValueError(f"no scaling of the presets fits the service's limits {limits}")
 
 
-def mix_for(workload: str, base: Workload, info: dict, seed: int) -> tuple[ShapeMix, str]:
-    """`single`: the base workload's size; `presets`: preset_shapes(info)."""
+def mix_for(
+    workload: str, base: Workload, info: dict, seed: int, shapes: tuple[tuple[int, int], ...] = ()
+) -> tuple[ShapeMix, str]:
+    """`single`: the base workload's size; `presets`: preset_shapes(info); `mix`: `shapes`, in seeded turns."""
     if workload == "single":
         return ShapeMix(base, ((base.width, base.height),), seed), f"{base.width}x{base.height}"
     if workload == "presets":
         shapes, note = preset_shapes(info)
         return ShapeMix(base, shapes, seed), note
+    if workload == "mix":
+        if not shapes:
+            raise ValueError("the mix workload needs --shapes WxH [WxH ...]")
+        return ShapeMix(base, tuple(dict.fromkeys(shapes)), seed), f"{len(set(shapes))} shapes given"
     raise ValueError(f"unknown workload {workload!r} ({' | '.join(WORKLOADS)})")

@@ -20,7 +20,7 @@ from ray import serve
 from deployments.autoscaling import S_PER_IMAGE, backlog_seconds_per_image
 from deployments.batching.efficiency import EfficiencyModel, label, shape_key
 from deployments.batching.executor import GroupExecutor, gap_summary
-from deployments.batching.gate import BatchGate
+from deployments.batching.gate import BatchGate, Place
 from deployments.batching.policy import BatchingState, group_by_shape, select_tier
 from deployments.config import AppConfig, GeneratorUserConfig, MemoryMode
 from deployments.messages import GenerationResult, GenerationSpec
@@ -164,13 +164,13 @@ class ZImageGenerator:
             except AdapterError as exc:
                 return self.executor.invalid(spec, exc)
         arrival = time.perf_counter()
-        async with self.gate.slot(spec.batch_key):  # joins a batch of its own key, only while the GPU is free
-            return await self.generate_batch((spec, arrival))
+        async with self.gate.slot(spec.batch_key) as place:  # joins a batch of its own key, only while the GPU is free
+            return await self.generate_batch((spec, arrival, place))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
-    async def generate_batch(self, items: list[tuple[GenerationSpec, float]]) -> list[GenerationResult]:
+    async def generate_batch(self, items: list[tuple[GenerationSpec, float, Place]]) -> list[GenerationResult]:
         batch_start = time.perf_counter()
-        specs = [spec for spec, _ in items]
+        specs = [spec for spec, _, _ in items]
         results: list[GenerationResult | None] = [None] * len(items)
         loop = asyncio.get_running_loop()
         for _, idxs in group_by_shape(specs, lambda s: s.batch_key).items():
@@ -180,6 +180,8 @@ class ZImageGenerator:
                 res.queue_wait_s = batch_start - items[i][1]
                 self.metrics.queue_wait.observe(res.queue_wait_s)
                 results[i] = res
+        for _, _, place in items:  # the GPU is free: the next batch is admitted while these answers go back
+            place.release()
         return results
 
     # ---- introspection -------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 #   perf/run_gpu_perf.sh served_production    # `ray start` + `serve deploy`, production batching: throughput at
 #                                             # batch 8/12, latency PNG/JPEG at concurrency 1
 #   perf/run_gpu_perf.sh encoder_check        # the engine's start-up text-encoder check on a GPU + te_graphs
+#   perf/run_gpu_perf.sh latency_study        # serve_config.yaml (one replica, random weights) with both batch
+#                                             # policies: 1024² at 80% of capacity (REQUESTS=300 each), 512² and
+#                                             # a 5-preset mix at saturation (> 10 min: run it under setsid)
 # Run `lever fp8 --batch 1 8 12` before served_production on one machine to fill the Inductor cache it starts from:
 # levers use $CACHE, the default of which is bench/configs/random_full_fp8.yaml's compile_cache_dir.
 set -euo pipefail
@@ -85,6 +88,41 @@ json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
       --requests 20 --warmup-requests 2 --out "$OUT/c1-prodbatch-png" > "$OUT/c1-prodbatch-png.log" 2>&1 \
       || echo "c1 prod exit $?"
     python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
-  *) echo "usage: $0 lever <name> [args]|tiers|cold_start|cold_start_fp8|served_latency|served_production|encoder_check" >&2
+  latency_study)  # SMOKE=1: serve_config.cpu.yaml with the tiny model, to check the script on a CPU
+    cfg="$OUT/study_config.yaml"; url=http://127.0.0.1:8000; dash=http://127.0.0.1:8265
+    base=serve_config.yaml; [[ "${SMOKE:-0}" == 1 ]] && base=serve_config.cpu.yaml
+    python - "$base" "$cfg" "${SMOKE:-0}" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+cfg["http_options"]["host"] = "127.0.0.1"
+app = cfg["applications"][0]
+if sys.argv[3] != "1":
+    app["args"]["model"] = "random:full"  # timing and memory of the real model, noise images
+gen = next(d for d in app["deployments"] if d["name"] == "Generator")
+gen.pop("autoscaling_config", None)  # one replica: both policies measured on the same GPU
+gen["num_replicas"] = 1
+yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" \
+      --dashboard-host 127.0.0.1 --disable-usage-stats > "$OUT/ray_start.log" 2>&1
+    python -c "import json, sys, yaml; from bench.serve_control import ServeControl
+c = ServeControl('http://127.0.0.1:8265', sys.argv[1]); c.deploy(yaml.safe_load(open(sys.argv[2])))
+json.dump(c.wait_ready(600), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$OUT/ready_info.json" \
+      > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
+    n=${REQUESTS:-300}; small=${SMALL_SIZE:-512}; big=${SIZE:-1024}
+    cap=(python -m bench capacity --url "$url" --dashboard "$dash" --output-format jpeg --p99-target-s 10
+         --target-rate 5 --variant old='{"batch_policy": "throughput"}' --variant new='{"batch_policy": "latency"}')
+    "${cap[@]}" --workload single --size "$big" --loads 0.8 --requests-per-load "$n" \
+      --capacity-requests "${CAP_REQUESTS:-36}" --out "$OUT/single_$big" > "$OUT/single_$big.log" 2>&1 \
+      || echo "single $big exit $?"
+    "${cap[@]}" --workload single --size "$small" --loads 0.8 --requests-per-load "${SMALL_REQUESTS:-60}" \
+      --capacity-requests "${SMALL_CAP_REQUESTS:-96}" --out "$OUT/single_$small" > "$OUT/single_$small.log" 2>&1 \
+      || echo "single $small exit $?"
+    # five 1024-class presets (the issue's mix: five aspect ratios), 2 x 12 clients at saturation
+    "${cap[@]}" --workload mix --shapes ${MIX_SHAPES:-1024x1024 1152x896 896x1152 1248x832 832x1248} --loads 0.8 \
+      --requests-per-load "${MIX_REQUESTS:-24}" --capacity-requests "${MIX_CAP_REQUESTS:-48}" --out "$OUT/mix" \
+      > "$OUT/mix.log" 2>&1 || echo "mix exit $?"
+    python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
+  *) echo "usage: $0 lever <name> [args]|tiers|cold_start|cold_start_fp8|served_latency|served_production|encoder_check|latency_study" >&2
      exit 2 ;;
 esac

@@ -4,11 +4,15 @@ batches this replica runs, and the batch a policy picks from them.
 Where batching buys no throughput (1024² on an H200: 0.806 s/img alone, 0.805 in batches of 12) a batch only makes
 its first requests wait for the last; where it pays (512² on an H100: +58% img/s at batch 8) it is worth a wait.
 `latency` runs the smallest batch whose seconds per image are within `tolerance` of the best batch the queue could
-fill; `throughput` takes every waiting request of the shape up to its cap (the classic dynamic batching).
+fill, and the best one outright when more requests of the shape wait than the largest batch takes (a backlog that
+batches of the efficient size would not clear); `throughput` takes every waiting request of the shape up to its cap
+(the classic dynamic batching).
 
-Batch sizes are learnt on a grid (1, 2, 4, ... up to the cap, and the cap): a grid size the queue could fill but that
-has never run, or not in the shape's last `refresh` batches, is tried (`explore`), so the curve fills in under load,
-a slow first run (a cold cache) is measured again, and a quiet replica runs batches of 1.
+Batch sizes are learnt on a grid (1, 2, 4, ... up to the cap, and the cap), climbing: the next grid size is tried
+(`explore`) once the queue can fill it and the size before it beat its own predecessor by more than the tolerance.
+So where batching buys nothing (1024² on an H200) only batches of 1 and 2 are ever run to learn it, not a batch of 12
+that would hold its first request for 10 s; where it pays, the curve climbs to the cap. A size not run in the shape's
+last `refresh` batches is tried again the same way, so a slow first run (a cold cache) is measured again.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class Curve:
 @dataclass(frozen=True)
 class Decision:
     batch: int
-    reason: str  # "throughput" | "explore" | "efficient" (within tolerance of the best) | "best"
+    reason: str  # "throughput" | "explore" | "efficient" (within tolerance of the best) | "best" | "backlog"
     queued: int
     cap: int
 
@@ -84,13 +88,17 @@ class EfficiencyModel:
 
     def _latency(self, key: tuple, fillable: int, queued: int, cap: int, tolerance: float) -> Decision:
         learnt = self.curves.get(key, Curve())
-        sizes = [b for b in grid(cap) if b <= fillable]
-        unknown = [b for b in sizes if learnt.stale(b, self.refresh)]
-        if unknown:
-            return Decision(unknown[0], "explore", queued, cap)
-        curve = learnt.s_per_image
-        best = min(curve[b] for b in sizes)
-        chosen = next(b for b in sizes if curve[b] <= best * (1 + tolerance))
+        curve, candidates = learnt.s_per_image, []
+        for b in (b for b in grid(cap) if b <= fillable):
+            if learnt.stale(b, self.refresh):
+                return Decision(b, "explore", queued, cap)
+            candidates.append(b)
+            if len(candidates) > 1 and curve[b] > curve[candidates[-2]] * (1 - tolerance):
+                break  # batching stopped paying here: larger sizes are neither tried nor chosen
+        best = min(curve[b] for b in candidates)
+        if queued > cap:
+            return Decision(next(b for b in candidates if curve[b] == best), "backlog", queued, cap)
+        chosen = next(b for b in candidates if curve[b] <= best * (1 + tolerance))
         return Decision(chosen, "best" if curve[chosen] == best else "efficient", queued, cap)
 
     def as_dict(self) -> dict:

@@ -14,7 +14,12 @@ keys by their head, so a rare shape waits at most for the keys queued before it)
 its requests the batch takes (deployments/batching/efficiency.py; it also sets Serve's max_batch_size to that, so
 Serve closes the batch the moment they are in), and those are let into Serve's queue. Later arrivals of the same key
 may join while the spell has room and `batch_wait_timeout_s` has not passed since it started; everyone else waits
-until every admitted request has its answer (or was cancelled).
+until every admitted request's GPU work is over (or it was cancelled).
+
+"Over" is the moment the pipeline call returns, not the moment the answers are delivered: the batch handler calls
+`Place.release()` for its requests as soon as the GPU thread hands the images back, so the next spell is admitted
+while the previous batch's results are still being returned and serialized (the GPU's idle gap between batches is
+then a few event-loop hops; `/info` batching.gpu_idle_gaps_while_waiting measures it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+
+class Place:
+    """A request's place in the running spell, given back once: by `release()` when its batch's GPU work is over,
+    else when the request ends (answered, failed or cancelled)."""
+
+    def __init__(self, gate: BatchGate | None):
+        self._gate = gate
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate._leave()
 
 
 @dataclass
@@ -57,13 +75,15 @@ class BatchGate:
         return {k: n for k, q in self._queues.items() if (n := sum(not f.done() for _, f in q))}
 
     @asynccontextmanager
-    async def slot(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold while this request joins a batch of its key and waits for its result."""
+    async def slot(self, key: Hashable) -> AsyncIterator[Place]:
+        """Hold while this request joins a batch of its key and waits for its result; the place it yields may be
+        released earlier, when the batch's GPU work is over."""
         await self._enter(key)
+        place = Place(self)
         try:
-            yield
+            yield place
         finally:
-            self._leave()
+            place.release()
 
     def _may_join(self, key: Hashable) -> bool:
         """For a new arrival: the running spell is its key's, has room, and is still open."""

@@ -177,10 +177,11 @@ def test_backlog_seconds_per_image_from_the_learnt_curves():
     assert backlog_seconds_per_image(curves, [("t2i 2048x2048 8 steps", 3)]) == pytest.approx((32 * 0.8 + 8 * 0.6) / 40)
 
 
-def test_serve_config_uses_the_policy_and_its_controller_copy_loads():
-    """serve_config.yaml's Generator names this policy; Serve pickles it by value for the controller, and that copy
+@pytest.mark.parametrize("config_file", ["serve_config.yaml", "serve_config.cpu.yaml"])
+def test_serve_config_uses_the_policy_and_its_controller_copy_loads(config_file):
+    """Both shipped configs' Generator names this policy; Serve pickles it by value for the controller, and that copy
     builds with the file's kwargs."""
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config = yaml.safe_load((REPO / config_file).read_text())
     generator = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Generator")
     auto = AutoscalingConfig(**generator["autoscaling_config"])
     assert auto.policy.policy_function == "deployments.autoscaling:QueueWaitPolicy"

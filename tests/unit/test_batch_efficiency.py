@@ -28,34 +28,49 @@ def test_a_quiet_replica_runs_batches_of_one():
     assert model.choose(KEY, queued=1, cap=12, policy=LATENCY, tolerance=0.03).batch == 1
 
 
-def test_unmeasured_sizes_the_queue_can_fill_are_explored_smallest_first():
+def test_unmeasured_sizes_are_explored_climbing_while_batching_pays():
     model = EfficiencyModel()
     learn(model, {1: 0.8})
     first = model.choose(KEY, queued=12, cap=12, policy=LATENCY, tolerance=0.03)
     assert (first.batch, first.reason) == (2, "explore")
-    learn(model, {2: 0.8})
-    assert model.choose(KEY, queued=3, cap=12, policy=LATENCY, tolerance=0.03).batch == 1  # 4 is beyond the queue
+    learn(model, {2: 0.5})  # 2 pays: 4 is next, once the queue can fill it
+    assert model.choose(KEY, queued=3, cap=12, policy=LATENCY, tolerance=0.03).batch == 2  # 4 is beyond the queue
+    assert model.choose(KEY, queued=5, cap=12, policy=LATENCY, tolerance=0.03).reason == "explore"
     assert model.choose(KEY, queued=5, cap=12, policy=LATENCY, tolerance=0.03).batch == 4
+
+
+def test_where_batch_2_buys_nothing_larger_batches_are_never_tried():
+    """A batch of 12 run only to learn that it buys nothing holds its first request for 12 images' time."""
+    model = EfficiencyModel()
+    learn(model, {1: 0.806, 2: 0.805})
+    for queued in (2, 5, 12, 40):
+        decision = model.choose(KEY, queued=queued, cap=12, policy=LATENCY, tolerance=0.03)
+        assert decision.reason != "explore" and decision.batch <= 2, (queued, decision)
 
 
 def test_where_batching_buys_nothing_the_latency_policy_keeps_batches_of_one():
     """H200, 1024², bf16: 0.806 s/img alone, 0.805 in batches of 12 (issue 17)."""
     model = EfficiencyModel()
     learn(model, {1: 0.806, 2: 0.806, 4: 0.805, 8: 0.805, 12: 0.805})
+    decision = model.choose(KEY, queued=12, cap=12, policy=LATENCY, tolerance=0.03)
+    assert (decision.batch, decision.reason) == (1, "best")  # 2 buys nothing over 1: 4, 8, 12 are not candidates
     decision = model.choose(KEY, queued=30, cap=12, policy=LATENCY, tolerance=0.03)
-    assert (decision.batch, decision.reason) == (1, "efficient")
+    assert (decision.batch, decision.reason) == (1, "backlog")
     assert model.choose(KEY, queued=30, cap=12, policy=THROUGHPUT, tolerance=0.03).batch == 12
 
 
 def test_where_batching_pays_the_batch_grows_with_the_queue():
-    """H100, 512²: batch 8 gave +58% img/s; the policy takes the efficient batch once the queue can fill it."""
+    """H100, 512²: batch 8 gave +58% img/s; the policy takes the efficient batch once the queue can fill it, and the
+    best one when more wait than the largest batch takes (a backlog: throughput first)."""
     model = EfficiencyModel()
     learn(model, {1: 0.20, 2: 0.16, 4: 0.135, 8: 0.127, 12: 0.126})
     assert model.choose(KEY, queued=1, cap=12, policy=LATENCY, tolerance=0.03).batch == 1
     assert model.choose(KEY, queued=3, cap=12, policy=LATENCY, tolerance=0.03).batch == 2
     assert model.choose(KEY, queued=6, cap=12, policy=LATENCY, tolerance=0.03).batch == 4
-    assert model.choose(KEY, queued=40, cap=12, policy=LATENCY, tolerance=0.03).batch == 8  # 12 gains < 3%
-    assert model.choose(KEY, queued=40, cap=12, policy=LATENCY, tolerance=0.0).batch == 12
+    assert model.choose(KEY, queued=12, cap=12, policy=LATENCY, tolerance=0.03).batch == 8  # 12 gains < 3%
+    assert model.choose(KEY, queued=12, cap=12, policy=LATENCY, tolerance=0.0).batch == 12
+    backlog = model.choose(KEY, queued=40, cap=12, policy=LATENCY, tolerance=0.03)
+    assert (backlog.batch, backlog.reason) == (12, "backlog")
     assert model.choose(KEY, queued=40, cap=4, policy=LATENCY, tolerance=0.03).batch == 4  # memory/OOM cap rules
 
 

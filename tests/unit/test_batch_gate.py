@@ -12,7 +12,7 @@ class Requests:
     """Requests that enter the gate and hold their place until `answer()` (their batch returned)."""
 
     def __init__(self, gate: BatchGate):
-        self.gate, self.joined, self.tasks, self._answers = gate, [], {}, {}
+        self.gate, self.joined, self.tasks, self._answers, self.places = gate, [], {}, {}, {}
 
     async def send(self, *names: str, key: str = "1024x1024") -> None:
         for name in names:
@@ -22,8 +22,9 @@ class Requests:
             await asyncio.sleep(0)
 
     async def _one(self, name: str, key: str) -> None:
-        async with self.gate.slot(key):
+        async with self.gate.slot(key) as place:
             self.joined.append(name)
+            self.places[name] = place
             await self._answers[name].wait()
 
     async def answer(self, *names: str) -> None:
@@ -148,5 +149,31 @@ def test_the_plan_sets_the_batch_from_the_queue_of_its_shape():
         await r.answer("y", "z")
         assert r.joined == ["x", "y", "z", "w"]
         await r.answer("w")
+
+    asyncio.run(go())
+
+
+def test_a_batch_whose_gpu_work_is_over_lets_the_next_one_in_before_its_answers_are_delivered():
+    """The handler releases its requests' places when the pipeline call returns: the next spell is admitted while
+    those answers are still on their way back (no GPU idle gap for result delivery). Release is given back once: the
+    request's own exit later does not count twice."""
+
+    async def go():
+        r = Requests(BatchGate(lambda key, queued: 2, lambda: 10.0))
+        await r.send("a", "b", "c", "d", "e")
+        assert r.joined == ["a", "b"]
+        r.places["a"].release()
+        await asyncio.sleep(0)
+        assert r.joined == ["a", "b"]  # b's GPU work is not over (it is in the same batch; both are released)
+        r.places["b"].release()
+        r.places["b"].release()  # idempotent
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert r.joined == ["a", "b", "c", "d"]  # a and b still hold their requests open
+        await r.answer("a", "b")  # their exits give nothing back twice: c and d still hold the spell
+        assert r.joined == ["a", "b", "c", "d"] and r.gate.waiting == 1
+        await r.answer("c", "d")
+        assert r.joined[-1] == "e"
+        await r.answer("e")
 
     asyncio.run(go())
