@@ -92,12 +92,14 @@ json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
     cfg="$OUT/study_config.yaml"; url=http://127.0.0.1:8000; dash=http://127.0.0.1:8265
     base=serve_config.yaml; [[ "${SMOKE:-0}" == 1 ]] && base=serve_config.cpu.yaml
     python - "$base" "$cfg" "${SMOKE:-0}" <<'PY'
-import sys, yaml
+import os, sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 cfg["http_options"]["host"] = "127.0.0.1"
 app = cfg["applications"][0]
 if sys.argv[3] != "1":
     app["args"]["model"] = "random:full"  # timing and memory of the real model, noise images
+if os.environ.get("WARM_UP"):  # e.g. 1024x1024,512x512: a shorter start than every preset's warm-up
+    app["args"]["warm_up_sizes"] = os.environ["WARM_UP"].split(",")
 gen = next(d for d in app["deployments"] if d["name"] == "Generator")
 gen.pop("autoscaling_config", None)  # one replica: both policies measured on the same GPU
 gen["num_replicas"] = 1
@@ -111,7 +113,7 @@ json.dump(c.wait_ready(600), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$
       > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
     n=${REQUESTS:-300}; small=${SMALL_SIZE:-512}; big=${SIZE:-1024}
     cap=(python -m bench capacity --url "$url" --dashboard "$dash" --output-format jpeg --p99-target-s 10
-         --target-rate 5 --variant old='{"batch_policy": "throughput"}' --variant new='{"batch_policy": "latency"}')
+         --target-rate 5 --variant new='{"batch_policy": "latency"}' --variant old='{"batch_policy": "throughput"}')
     "${cap[@]}" --workload single --size "$big" --loads 0.8 --requests-per-load "$n" \
       --capacity-requests "${CAP_REQUESTS:-36}" --out "$OUT/single_$big" > "$OUT/single_$big.log" 2>&1 \
       || echo "single $big exit $?"
