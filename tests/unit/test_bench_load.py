@@ -220,3 +220,12 @@ def test_report_files_and_printed_plan(tmp_path, capsys):
     print_capacity_summary(run)
     out = capsys.readouterr().out
     assert "plan new: p99 <= 10 s up to 2.200 req/s per replica" in out and "lower bound" in out
+
+
+def test_the_mix_workload_sends_the_given_shapes_in_turns():
+    base = Workload(width=1024, height=1024)
+    mix, note = mix_for("mix", base, {}, 0, ((1024, 1024), (832, 1248), (1024, 1024)))
+    assert mix.shapes == ((1024, 1024), (832, 1248)) and note == "2 shapes given"
+    assert sorted(mix.shape(i) for i in range(4)) == [(832, 1248), (832, 1248), (1024, 1024), (1024, 1024)]
+    with pytest.raises(ValueError, match="--shapes"):
+        mix_for("mix", base, {}, 0)
