@@ -7,6 +7,7 @@ machine (two checkouts, two helpers) must never send requests to each other's se
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -31,6 +32,13 @@ HTTP_PORT = int(os.environ.get("ZIMAGE_TEST_HTTP_PORT") or _free_port())
 BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
 # MKL strict reproducibility: GEMM rows do not depend on the batch size, so batched == alone bit for bit on CPU.
 WORKER_ENV = {"MKL_CBWR": "AVX2,STRICT", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+# A secret every worker inherits as a process environment variable from the cluster's start, as a Kubernetes Secret
+# reaches a pod (not through runtime_env): tests/reliability/test_input.py names it in `api_key_env`.
+API_KEY_ENV = "ZIMAGE_TEST_API_KEY"
+API_KEY = secrets.token_urlsafe(24)
+# Serve checks a stopping replica's in-flight requests every `graceful_shutdown_wait_loop_s` (default 2 s): each
+# deleted or replaced test app would wait that long with nothing in flight. Draining still waits for every request.
+FAST_SHUTDOWN = {"graceful_shutdown_wait_loop_s": 0.1}
 
 
 def tiny_config(**overrides) -> AppConfig:
@@ -56,6 +64,7 @@ def start_cluster(num_cpus: int = 4, num_gpus: int = 0, **init_kwargs) -> None:
         stop_cluster()
     _shared = False
     os.environ.update(WORKER_ENV)
+    os.environ[API_KEY_ENV] = API_KEY  # inherited by the raylet and every worker it starts
     ray.init(
         address=init_kwargs.pop("address", "local"),  # always our own: never another run's `ray start` cluster
         num_cpus=num_cpus,
@@ -98,10 +107,15 @@ def deploy(
     ingress_options: dict | None = None,
     name: str = "zimage",
 ) -> str:
-    app = make_app(config or tiny_config(), pipeline_factory, generator_options, ingress_options)
+    app = make_app(config or tiny_config(), pipeline_factory, *with_fast_shutdown(generator_options, ingress_options))
     serve.run(app, name=name, route_prefix="/", blocking=False)
     wait_healthy()
     return BASE_URL
+
+
+def with_fast_shutdown(*options: dict | None) -> list[dict]:
+    """Deployment options with FAST_SHUTDOWN unless they set their own."""
+    return [{**FAST_SHUTDOWN, **(o or {})} for o in options]
 
 
 def wait_healthy(timeout_s: float = 120) -> None:

@@ -32,8 +32,7 @@ from deployments.app import make_app
 from tests import serve_harness
 from tests.http_client import png_array
 
-KEY_ENV = "ZIMAGE_RELIABILITY_API_KEY"
-KEY = secrets.token_urlsafe(24)
+KEY_ENV, KEY = serve_harness.API_KEY_ENV, serve_harness.API_KEY  # in every worker's environment from the start
 AUTH = {"Authorization": f"Bearer {KEY}"}
 POST_ROUTES = ("/generate", "/v1/images/generations")
 BODY_LIMIT = 40_000  # not the default (64 KiB): proves the configured limit reaches the middleware
@@ -50,7 +49,8 @@ MIXED_PROMPTS = [
 def _deploy(**overrides) -> None:
     """serve_harness.deploy() polls /info without a key; here /info needs one."""
     limits = {"max_side": 512, "max_steps": 16, "max_images_per_request": 4, "max_body_bytes": BODY_LIMIT}
-    app = make_app(serve_harness.tiny_config(api_key_env=KEY_ENV, limits=limits, **overrides))
+    config = serve_harness.tiny_config(api_key_env=KEY_ENV, limits=limits, **overrides)
+    app = make_app(config, None, *serve_harness.with_fast_shutdown(None, None))
     serve.run(app, name="zimage", route_prefix="/", blocking=False)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -64,13 +64,9 @@ def _deploy(**overrides) -> None:
 
 
 @pytest.fixture(scope="module")
-def service():
-    os.environ[KEY_ENV] = KEY  # inherited by the raylet and every worker it starts
-    serve_harness.start_cluster()
+def service(serve_cluster):
     _deploy()
-    yield serve_harness.BASE_URL
-    serve_harness.stop_cluster()
-    os.environ.pop(KEY_ENV, None)
+    return serve_harness.BASE_URL
 
 
 @pytest.fixture(scope="module")
