@@ -93,7 +93,8 @@ class GeneratorUserConfig(_Strict):
         BatchPolicy.LATENCY,
         description="`latency`: the smallest batch whose learnt seconds per image are within "
         "`batch_efficiency_tolerance` of the best batch the shape's queue could fill (batches grow only where they "
-        "buy throughput); `throughput`: every waiting request of the shape, up to its cap.",
+        "buy throughput), and the best one when more wait than the largest batch takes; `throughput`: every waiting "
+        "request of the shape, up to its cap.",
     )
     batch_efficiency_tolerance: float = Field(
         0.03, ge=0, le=1, description="`latency` policy: throughput a smaller batch may give up (0.03 = 3%)."
