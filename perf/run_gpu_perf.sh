@@ -18,6 +18,17 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-perf-out}; mkdir -p "$OUT"
 CACHE=${CACHE:-/tmp/zimage-inductor-cache-fp8}
 mode=${1:-}; shift || true
+
+# `ray start`, then the config deployed as `serve deploy` does (Serve REST API, with the token `ray start` wrote);
+# /info of the ready service -> $OUT/ready_info.json.   start_and_deploy CONFIG URL READY_TIMEOUT_S
+start_and_deploy() {
+  python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" \
+    --dashboard-host 127.0.0.1 --disable-usage-stats > "$OUT/ray_start.log" 2>&1
+  python -c "import json, sys, yaml; from bench.serve_control import ServeControl
+c = ServeControl('http://127.0.0.1:8265', sys.argv[1]); c.deploy(yaml.safe_load(open(sys.argv[2])))
+json.dump(c.wait_ready(float(sys.argv[4])), open(sys.argv[3], 'w'), indent=2)" "$2" "$1" "$OUT/ready_info.json" "$3" \
+    > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
+}
 case "$mode" in
   lever)
     name=$1; shift
@@ -66,13 +77,7 @@ gen = next(d for d in app["deployments"] if d["name"] == "Generator")
 gen["user_config"].update(max_batch_size=int(os.environ.get("PROD_BATCH", "12")), batch_wait_timeout_s=0.05)
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
 PY
-    python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" \
-      --dashboard-host 127.0.0.1 --disable-usage-stats > "$OUT/ray_start.log" 2>&1
-    # deploy as `serve deploy` does (Serve REST API), with the token `ray start` wrote
-    python -c "import json, sys, yaml; from bench.serve_control import ServeControl
-c = ServeControl('http://127.0.0.1:8265', sys.argv[1]); c.deploy(yaml.safe_load(open(sys.argv[2])))
-json.dump(c.wait_ready(420), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$OUT/ready_info.json" \
-      > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
+    start_and_deploy "$cfg" "$url" 420
     sweep=(python -m bench sweep --url "$url" --config "$cfg")
     size=${SIZE:-1024}
     if [[ "${THROUGHPUT_BATCHES:-8,12}" != none ]]; then  # THROUGHPUT_BATCHES=none: latency rows only
@@ -105,12 +110,7 @@ gen.pop("autoscaling_config", None)  # one replica: both policies measured on th
 gen["num_replicas"] = 1
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
 PY
-    python -m ray.scripts.scripts start --head --num-gpus "${NUM_GPUS:-1}" \
-      --dashboard-host 127.0.0.1 --disable-usage-stats > "$OUT/ray_start.log" 2>&1
-    python -c "import json, sys, yaml; from bench.serve_control import ServeControl
-c = ServeControl('http://127.0.0.1:8265', sys.argv[1]); c.deploy(yaml.safe_load(open(sys.argv[2])))
-json.dump(c.wait_ready(600), open(sys.argv[3], 'w'), indent=2)" "$url" "$cfg" "$OUT/ready_info.json" \
-      > "$OUT/serve_deploy.log" 2>&1 || echo "service not ready"
+    start_and_deploy "$cfg" "$url" 600
     n=${REQUESTS:-300}; small=${SMALL_SIZE:-512}; big=${SIZE:-1024}
     cap=(python -m bench capacity --url "$url" --dashboard "$dash" --output-format jpeg --p99-target-s 10
          --target-rate 5 --variant new='{"batch_policy": "latency"}' --variant old='{"batch_policy": "throughput"}')

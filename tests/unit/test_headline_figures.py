@@ -1,5 +1,6 @@
-"""The README's performance table is read from committed raw results, not typed in: every figure in it must equal
-(to its printed precision) the number in `bench/results/h200-2026-12-02/`. Changing either one alone fails here."""
+"""docs/performance.md's headline table (served H200, bf16 and FP8, plain diffusers) is read from committed raw
+results, not typed in: every figure checked here must equal (to its printed precision) the number in
+`bench/results/h200-2026-12-02/`. Changing either one alone fails here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from bench.results import read_json
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "bench/results/h200-2026-12-02"
+DOC = REPO / "docs/performance.md"
 
 
 def _summary(path: str) -> dict:
@@ -19,13 +21,14 @@ def _summary(path: str) -> dict:
 
 
 def _table() -> dict[str, list[str]]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Performance") : text.index("## More")]
+    text = DOC.read_text()
+    section = text[text.index("## Served, H200: the headline") :]
+    section = section[: section.index("\n## ")]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and not set(cells[1]) <= set("-"):
-            rows[cells[0]] = cells[1:]
+        if len(cells) == 4 and not set(cells[1]) <= set("-"):
+            rows[cells[0]] = cells[1:3]
     return rows
 
 
@@ -43,15 +46,16 @@ def _row(start: str) -> list[str]:
 def test_throughput_row_matches_raw(column, mode):
     s = _summary(f"served-{mode}/throughput/serve_sweep.json.gz")
     assert s["ok"] == s["sent"] and s["mean_batch_size"] == 12
-    whole, steady = _numbers(_row("Service, 24 clients")[column])
+    whole, steady = _numbers(_row("Throughput, 24 clients")[column])[:2]
     assert whole == f"{s['throughput_img_s']:.3f}" and steady == f"{s['steady_throughput_img_s']:.3f}"
 
 
 @pytest.mark.parametrize("column, mode", [(0, "bf16"), (1, "fp8")])
 def test_one_client_latency_row_matches_raw(column, mode):
-    jpeg, png = _numbers(_row("Service, one client")[column])
-    assert jpeg == f"{_summary(f'served-{mode}/c1-jpeg/serve_sweep.json.gz')['latency_p50_s']:.2f}"
-    assert png == f"{_summary(f'served-{mode}/c1-png/serve_sweep.json.gz')['latency_p50_s']:.2f}"
+    for fmt in ("jpeg", "png"):
+        p50, p99 = _numbers(_row(f"Latency, one client, `max_batch_size` 1, {fmt.upper()}")[column])
+        s = _summary(f"served-{mode}/c1-{fmt}/serve_sweep.json.gz")
+        assert [p50, p99] == [f"{s['latency_p50_s']:.2f}", f"{s['latency_p99_s']:.2f}"]
 
 
 def test_plain_diffusers_row_matches_raw():
@@ -61,7 +65,7 @@ def test_plain_diffusers_row_matches_raw():
 
 def test_environment_line_matches_the_run():
     env = (RUN / "served-bf16/environment.txt").read_text()
-    text = (REPO / "README.md").read_text()
+    text = DOC.read_text()
     for version in re.findall(r"(?:torch|diffusers|transformers|ray) (\S+)", env):
         assert version.split("+")[0] in text
     assert "NVIDIA H200" in env and "143771 MiB" in env and "143,771 MiB" in text
