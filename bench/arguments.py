@@ -126,6 +126,13 @@ def _capacity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p99-target-s", type=float, default=10.0)
     p.add_argument("--target-rate", type=float, default=None, help="req/s the plan sizes replicas for")
     p.add_argument("--arrival-seed", type=int, default=0, help="Poisson arrivals and the preset order")
+    p.add_argument(
+        "--rates-from",
+        default=None,
+        metavar="VARIANT",
+        help="open-loop rates of every variant from this variant's measured capacity, which is measured first "
+        "(default: each variant's own)",
+    )
     p.add_argument("--drain-s", type=float, default=120.0, help="after a load's last send, wait for answers")
     p.add_argument("--max-load-s", type=float, default=None, help="cut each load's sending after this")
 

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CapacitySpec:
     variants: dict[str, dict] = field(default_factory=lambda: {"deployed": {}})  # name -> user_config overlay
-    loads: tuple[float, ...] = DEFAULT_LOADS  # fractions of each variant's measured capacity
+    loads: tuple[float, ...] = DEFAULT_LOADS  # fractions of measured capacity (its own, or rates_from's)
     requests_per_load: int = 300
     capacity_requests: int = 64  # closed loop at saturation, measured
     capacity_clients: int | None = None  # None: 2 x the replica's effective max batch (one batch running, one queued)
@@ -37,6 +37,7 @@ class CapacitySpec:
     p99_target_s: float = 10.0
     target_rate_rps: float | None = None
     arrival_seed: int = 0
+    rates_from: str | None = None  # a variant whose capacity sets every variant's rates (the same arrivals for all)
     drain_s: float = 120.0  # after a load's last send, wait this long for answers (then cancel: errors)
     max_load_s: float | None = None  # stop sending a load's arrivals after this (None: its whole schedule)
     timeout_s: float = 600.0
@@ -54,10 +55,16 @@ class CapacityRun:
         self.headers = control.auth_headers if control else {}
         run.data.setdefault("variants", {})
         run.data.setdefault("plans", [])
+        self._capacity: dict[tuple[str, str], float] = {}  # (variant, workload) -> measured img/s
 
     def execute(self, mixes: dict[str, ShapeMix], info: dict) -> None:
         current = (info.get("generator") or {}).get("user_config") or {}
         changes, original = variant_changes(current, self.spec.variants)
+        basis = self.spec.rates_from
+        if basis is not None:
+            if basis not in changes:
+                raise ValueError(f"rates_from {basis!r} is not one of the variants {sorted(changes)}")
+            changes = {basis: changes.pop(basis), **changes}  # measured first: the others' rates come from it
         if original and self.control is None:
             raise ValueError("variants change user_config: they need the Ray dashboard (Serve REST API)")
         replicas = generator_replicas(self.control)
@@ -116,8 +123,13 @@ class CapacityRun:
         if not capacity or cap["ok"] < cap["sent"]:
             self.run.skip(tags, f"capacity run failed: {cap['ok']}/{cap['sent']} ok, {capacity} img/s")
             return
+        self._capacity[(variant, workload)] = capacity
+        basis = capacity if s.rates_from is None else self._capacity.get((s.rates_from, workload))
+        if basis is None:
+            self.run.skip(tags, f"no capacity of {s.rates_from!r} for {workload}: its rates are unknown")
+            return
         loads = []
-        for point in load_schedule(capacity, s.loads, s.requests_per_load, s.arrival_seed):
+        for point in load_schedule(basis, s.loads, s.requests_per_load, s.arrival_seed):
             bound = point.planned_s + 1.0 if s.max_load_s is None else min(s.max_load_s, point.planned_s + 1.0)
             spec = LoadSpec(
                 mode="open",

@@ -267,6 +267,7 @@ def cmd_capacity(args) -> int:
         p99_target_s=args.p99_target_s,
         target_rate_rps=args.target_rate,
         arrival_seed=args.arrival_seed,
+        rates_from=args.rates_from,
         drain_s=args.drain_s,
         max_load_s=args.max_load_s,
         timeout_s=args.timeout_s,

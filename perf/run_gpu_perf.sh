@@ -113,7 +113,8 @@ PY
     start_and_deploy "$cfg" "$url" 600
     n=${REQUESTS:-300}; small=${SMALL_SIZE:-512}; big=${SIZE:-1024}
     cap=(python -m bench capacity --url "$url" --dashboard "$dash" --output-format jpeg --p99-target-s 10
-         --target-rate 5 --variant new='{"batch_policy": "latency"}' --variant old='{"batch_policy": "throughput"}')
+         --target-rate 5 --variant new='{"batch_policy": "latency"}' --variant old='{"batch_policy": "throughput"}'
+         --rates-from old)  # old measured first; both policies get the same arrivals
     "${cap[@]}" --workload single --size "$big" --loads 0.8 --requests-per-load "$n" \
       --capacity-requests "${CAP_REQUESTS:-36}" --out "$OUT/single_$big" > "$OUT/single_$big.log" 2>&1 \
       || echo "single $big exit $?"

@@ -167,17 +167,21 @@ def test_baseline_and_comparison_report(sweep, tmp_path):
 
 def test_cli_capacity_plan_for_two_variants(service, tmp_path):
     """`bench capacity` end to end: two user_config variants applied live (max batch 1 vs 4), each one's capacity
-    from a closed loop, open loops at 0.5x and 1.1x of it; counts reconcile, the plan is the one the measured loads
-    give, the plot is written, and the deployed user_config is back afterwards."""
+    from a closed loop, open loops at 0.5x and 1.1x of mb4's (`--rates-from mb4`: measured first, though listed
+    second; both variants get the same rates); counts reconcile, the plan is the one the measured loads give, the
+    plot is written, and the deployed user_config is back afterwards."""
     deployed = service.control.info()["generator"]["user_config"]["max_batch_size"]
     variants = ["--variant", 'mb1={"max_batch_size": 1}', "--variant", 'mb4={"max_batch_size": 4}']
     load = ["--loads", "0.5", "1.1", "--requests-per-load", "4", "--capacity-requests", "4", "--warmup-requests", "0"]
     plan = ["--p99-target-s", "60", "--target-rate", "20", "--steps", "2", "--out", str(tmp_path)]
     argv = ["capacity", "--url", service.url, "--dashboard", service.dashboard_url, *variants, *load, *plan]
+    argv += ["--rates-from", "mb4"]
     assert main(argv) == 0
     data = read_json(tmp_path / "capacity.json.gz")
     assert {k: v["user_config"]["max_batch_size"] for k, v in data["variants"].items()} == {"mb1": 1, "mb4": 4}
     assert not any(v["replica_restarted"] for v in data["variants"].values())
+    assert [r["summary"]["variant"] for r in data["rows"]] == ["mb4"] * 3 + ["mb1"] * 3
+    basis = data["rows"][0]["summary"]["throughput_img_s"]  # mb4's capacity
     for name, batch in (("mb1", 1), ("mb4", 4)):
         rows = [r["summary"] for r in data["rows"] if r["summary"]["variant"] == name]
         cap, loads = rows[0], rows[1:]
@@ -185,11 +189,11 @@ def test_cli_capacity_plan_for_two_variants(service, tmp_path):
         assert [s["fraction"] for s in loads] == [0.5, 1.1]
         for s in loads:
             assert s["sent"] == 4 == s["ok"] + s["rejected"] + s["errors"]
-            assert s["offered_rate_rps"] == pytest.approx(s["fraction"] * cap["throughput_img_s"])
+            assert s["offered_rate_rps"] == pytest.approx(s["fraction"] * basis)
             assert set(s["by_shape"]) == {"256x256"} and s["by_shape"]["256x256"]["mean_batch_size"] <= batch
         (p,) = [p for p in data["plans"] if p["variant"] == name]
         assert p == {"variant": name, "workload": "single", **capacity_plan(loads, cap["throughput_img_s"], 60, 20)}
-        assert p["basis"] == "lower bound" and p["max_rate_rps"] == pytest.approx(1.1 * cap["throughput_img_s"])
+        assert p["basis"] == "lower bound" and p["max_rate_rps"] == pytest.approx(1.1 * basis)
         assert p["replicas_needed"] == math.ceil(20 / p["max_rate_rps"])
     assert (tmp_path / "capacity_latency_vs_load.png").stat().st_size > 0 and (tmp_path / "capacity.md").exists()
     assert main(["report", str(tmp_path / "capacity.json.gz"), "--out", str(tmp_path / "again")]) == 0
