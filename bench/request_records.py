@@ -88,7 +88,7 @@ def _header(headers, name: str, cast=float):
         return None
 
 
-def _record_response(rec: RequestRecord, resp: httpx.Response) -> None:
+def record_response(rec: RequestRecord, resp: httpx.Response) -> None:
     h = resp.headers
     rec.status, rec.bytes = resp.status_code, len(resp.content)
     rec.replica, rec.retry_after = h.get("x-replica"), h.get("retry-after")
@@ -118,7 +118,7 @@ async def send_one(
     """Run `send` and classify its answer into `rec`; whatever happens, `rec` ends with exactly one outcome."""
     try:
         async with asyncio.timeout(timeout_s):
-            _record_response(rec, await send(client))
+            record_response(rec, await send(client))
     except asyncio.CancelledError:
         rec.outcome, rec.error = "cancelled", "still in flight at the duration bound"
         raise

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from bench import loadgen as lg
-from tests import serve_harness
+from bench.burst import burst
+from tests import serve_floor, serve_harness
 from tests.fakes import WrappingFactory
 from tests.http_client import post, post_concurrently
 
@@ -105,9 +106,10 @@ def test_overload_sheds_excess_with_fast_503_and_loses_nothing(service):
 
 
 BURST = 300
-# The issue's goal was 0.5 s. On 2 cores even 300 concurrent 422s (no generator call at all) take p99 3.8-4.8 s
-# through Serve's proxy and ingress replica while another test run shares the box; these 503s measured 3.3-5.1 s there.
-BURST_P99_S = 8.0
+# The issue's goal was 0.5 s. On a 2-core box Serve's own floor is above it: the same burst against a FastAPI app that
+# answers 503 at once (tests/serve_floor.py) takes p99 ~1 s. The product's refusals are bounded relative to that floor,
+# measured in the same test, so the bound holds on a slow box and still fails if refusing gets slower than Serve.
+FLOOR_FACTOR = 3.0
 
 
 def test_a_300_request_burst_is_refused_by_the_ingress_at_once(service):
@@ -116,22 +118,24 @@ def test_a_300_request_burst_is_refused_by_the_ingress_at_once(service):
     probes the busy replica first: `Failed to get queue length ... within 0.1s`); every 503 is typed, has Retry-After,
     nothing but 200 and 503 comes back, and no place leaks (in flight back to 0).
 
-    Latency counts from the burst's start (this one client opens 300 connections on the same cores). What is left
-    of it is Serve's own per-request path, so the bound is loose (BURST_P99_S) plus one that scales with the box's
-    load: the refusals are all back before half of the admitted images are; the p99 is recorded in `burst_300`.
+    Latency counts from the burst's start; the client is aiohttp (`bench.burst`: httpx's pool alone takes seconds to
+    open 300 connections on 2 cores). The bound is relative: first the same burst goes to `tests/serve_floor.py`,
+    Serve's own floor for a 503; the product's 503 p99 must stay within FLOOR_FACTOR x that (it also runs the admitted
+    images on the same cores) and come back before half of the admitted images. Both are recorded in `burst_300`.
     """
     bound = GEN["max_ongoing_requests"] + GEN["max_queued_requests"]
     ingress = httpx.get(f"{service}/info", timeout=30).json()["ingress"]
     assert (ingress["max_in_flight_images"], ingress["in_flight_images"]) == (bound, 0), ingress
 
-    async def burst() -> tuple[list[lg.RequestRecord], float]:
-        send = lg.generate_request(PAYLOAD)
-        async with lg.make_client(service, timeout_s=120) as client:
-            clock = lg.Clock()
-            records = await asyncio.gather(*(lg.request_at(client, send, clock) for _ in range(BURST)))
-            return list(records), time.monotonic() - clock.mono0
-
-    outcomes, wall_s = asyncio.run(burst())
+    serve_floor.deploy(service)
+    try:
+        floor, _ = asyncio.run(burst(service, PAYLOAD, BURST, path="/floor/generate"))
+    finally:
+        serve_floor.delete()
+    floor_s = lg.summarize(floor)
+    assert floor_s["rejected"] == BURST, floor_s["codes"]
+    floor_p99 = floor_s["latency"]["rejected"]["p99_s"]
+    outcomes, wall_s = asyncio.run(burst(service, PAYLOAD, BURST))
     s = lg.summarize(outcomes)
     rejected = [o for o in outcomes if o.kind == "rejected"]
     errors = [json.loads(o.error)["error"] for o in rejected]
@@ -144,6 +148,7 @@ def test_a_300_request_burst_is_refused_by_the_ingress_at_once(service):
         "ingress_bound": bound,
         "summary": s,
         "rejected_p99_s": s["latency"]["rejected"]["p99_s"],
+        "serve_floor_rejected": floor_s["latency"]["rejected"],
         "rejected_by_ingress": by_ingress,
         "rejected_by_serve": by_serve,
         "wall_s": wall_s,
@@ -159,7 +164,7 @@ def test_a_300_request_burst_is_refused_by_the_ingress_at_once(service):
     assert all(o.retry_after == "2" for o in rejected)
     assert all(e["type"] == "overloaded" and e["code"] == "queue_full" for e in errors), errors[:1]
     assert after["in_flight_images"] == 0
-    assert s["latency"]["rejected"]["p99_s"] < min(BURST_P99_S, s["latency"]["ok"]["p50_s"]), figures
+    assert s["latency"]["rejected"]["p99_s"] < min(FLOOR_FACTOR * floor_p99, s["latency"]["ok"]["p50_s"]), figures
 
 
 def test_the_proxy_is_bounded_too(service):
