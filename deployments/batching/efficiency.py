@@ -5,8 +5,9 @@ Where batching buys no throughput (1024² on an H200: 0.806 s/img alone, 0.805 i
 its first requests wait for the last; where it pays (512² on an H100: +58% img/s at batch 8) it is worth a wait.
 `latency` runs the smallest batch whose seconds per image are within `tolerance` of the best batch the queue could
 fill, and the best one outright when more requests of the shape wait than the largest batch takes (a backlog that
-batches of the efficient size would not clear); `throughput` takes every waiting request of the shape up to its cap
-(the classic dynamic batching).
+batches of the efficient size would not clear; where batching pays, a backlog tries every grid size up to the cap
+first, so a single slow sample cannot keep the fastest size out of reach); `throughput` takes every waiting request
+of the shape up to its cap (the classic dynamic batching).
 
 Batch sizes are learnt on a grid (1, 2, 4, ... up to the cap, and the cap), climbing: the next grid size is tried
 (`explore`) once the queue can fill it and the size before it beat its own predecessor by more than the tolerance.
@@ -95,6 +96,13 @@ class EfficiencyModel:
             candidates.append(b)
             if len(candidates) > 1 and curve[b] > curve[candidates[-2]] * (1 - tolerance):
                 break  # batching stopped paying here: larger sizes are neither tried nor chosen
+        if queued > cap and len(candidates) > 1 and curve[2] < curve[1] * (1 - tolerance):
+            # A backlog of a shape where batching pays: requests wait anyway, so every grid size up to the cap is
+            # worth knowing (one slow sample must not stop the climb short of the fastest size) and the fastest runs.
+            for b in grid(cap):
+                if learnt.stale(b, self.refresh):
+                    return Decision(b, "explore", queued, cap)
+            candidates = grid(cap)
         best = min(curve[b] for b in candidates)
         if queued > cap:
             return Decision(next(b for b in candidates if curve[b] == best), "backlog", queued, cap)

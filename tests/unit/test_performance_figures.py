@@ -1,5 +1,6 @@
-"""docs/performance.md's batch-policy table is read from the committed raw results, not typed in: each figure must
-equal (to its printed precision) the measured run or the queueing model re-run on it. Changing either alone fails."""
+"""docs/performance.md's batch-policy tables are read from the committed raw results, not typed in: each figure must
+equal (to its printed precision) the measured run, or the queueing model, which is itself re-run on the run here.
+Changing a figure, the raw file or the model alone fails."""
 
 from __future__ import annotations
 
@@ -9,69 +10,100 @@ from pathlib import Path
 
 import pytest
 
-from bench.queue_model import BatchTime, percentiles, simulate
+from bench.queue_model import model_run, percentiles
 from bench.results import read_json
-from deployments.options import BatchPolicy
 
 REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "bench/results/h200-2026-12-03/latency-1024"
+RUN = REPO / "bench/results/h200-2026-12-03/latency-study"
+POLICY = {"throughput": "old", "latency": "new"}  # the run's variant names
+WORKLOAD = {"1024²": "single_1024", "512²": "single_512", "mix of 5 shapes": "mix"}
 
 
-def _rows() -> dict[str, list[str]]:
+def _section() -> str:
     text = (REPO / "docs/performance.md").read_text()
     section = text[text.index("## Batch policy under load") :]
-    section = section[: section.index("\n## ")] if "\n## " in section else section
-    rows = {}
-    for line in section.splitlines():
+    return section[: section.index("\n## ")] if "\n## " in section else section
+
+
+def _table(columns: int) -> list[list[str]]:
+    rows = []
+    for line in _section().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and re.match(r"\d", cells[1]):
-            rows[cells[0]] = cells[1:]
+        if line.startswith("|") and len(cells) == columns and not set(cells[0]) <= {"-"} and cells[0] != "Row":
+            rows.append(cells)
     return rows
 
 
-def _shown(cells: list[str]) -> list[str]:
+def _numbers(cells: list[str]) -> list[str]:
     return [re.search(r"\d+\.\d+", c).group() for c in cells]
 
 
+def _policy(label: str) -> str:
+    (name,) = [p for p in POLICY if f"`{p}`" in label]
+    return POLICY[name]
+
+
+def _rows(workload: str, phase: str) -> dict[str, dict]:
+    data = read_json(RUN / workload / "capacity.json.gz")
+    return {r["summary"]["variant"]: r for r in data["rows"] if r["summary"]["phase"] == phase}
+
+
 @pytest.fixture(scope="module")
-def model() -> dict:
-    (row,) = json.loads((RUN / "model.json").read_text())
-    return row
+def model() -> dict[str, dict]:
+    return {row["variant"]: row for row in json.loads((RUN / "single_1024/model.json").read_text())}
 
 
-def test_the_measured_row_is_the_raw_run(model):
-    data = read_json(RUN / "capacity.json.gz")
-    (load,) = [r for r in data["rows"] if r["summary"]["phase"] == "load" and r["summary"]["variant"] == "new"]
-    s = load["summary"]
-    (key,) = [k for k in _rows() if k.startswith("measured")]
-    p90 = percentiles([q["latency_s"] for q in load["requests"] if q["phase"] == "measure"])["p90_s"]
-    expected = [s["latency_p50_s"], p90, s["latency_p99_s"], s["mean_batch_size"]]
-    assert _shown(_rows()[key]) == [f"{v:.2f}" for v in expected]
-    assert s["ok"] == s["sent"] == 300
+def test_the_latency_table_has_every_row():
+    labels = [cells[0] for cells in _table(5) if cells[0] not in (*WORKLOAD, "Workload")]
+    assert len(labels) == 6 and sum("measured" in x for x in labels) == 2 and sum("model" in x for x in labels) == 4
 
 
-@pytest.mark.parametrize(
-    ("start", "part"), [("queueing model, the run's", "model_trace"), ("queueing model, 200", "model_poisson")]
-)
-def test_the_model_rows_are_the_committed_model(model, start, part):
-    (key,) = [k for k in _rows() if k.startswith(start)]
-    m = model[part]
-    assert _shown(_rows()[key]) == [f"{m[k]:.2f}" for k in ("p50_s", "p90_s", "p99_s", "mean_batch")]
+def test_the_measured_rows_are_the_raw_run():
+    loads = _rows("single_1024", "load")
+    assert loads["old"]["summary"]["offered_rate_rps"] == loads["new"]["summary"]["offered_rate_rps"]
+    for cells in (c for c in _table(5) if "measured" in c[0]):
+        row = loads[_policy(cells[0])]
+        s = row["summary"]
+        p90 = percentiles([q["latency_s"] for q in row["requests"] if q["phase"] == "measure"])["p90_s"]
+        expected = [s["latency_p50_s"], p90, s["latency_p99_s"], s["mean_batch_size"]]
+        assert _numbers(cells[1:]) == [f"{v:.2f}" for v in expected], cells
+        assert s["ok"] == s["sent"] == 300
 
 
-def test_the_throughput_row_is_the_model_on_the_same_arrivals(model):
-    data = read_json(RUN / "capacity.json.gz")
-    (load,) = [r for r in data["rows"] if r["summary"]["phase"] == "load"]
-    arrivals = sorted(q["due_s"] for q in load["requests"] if q["phase"] == "measure")
-    run = simulate(
-        arrivals, BatchTime(**model["batch_time"]), BatchPolicy.THROUGHPUT, 12, 0.05, 0.03, model["overhead_s"]
+def test_the_model_rows_are_the_committed_model(model):
+    for cells in (c for c in _table(5) if "model" in c[0]):
+        m = model[_policy(cells[0])]["model_trace" if "the run's arrivals" in cells[0] else "model_poisson"]
+        assert _numbers(cells[1:]) == [f"{m[k]:.2f}" for k in ("p50_s", "p90_s", "p99_s", "mean_batch")], cells
+
+
+def test_the_committed_model_is_the_model_rerun_on_the_raw_run(model):
+    for row in model_run(read_json(RUN / "single_1024/capacity.json.gz")):
+        committed = model[row["variant"]]
+        for part in ("model_trace", "model_poisson"):
+            assert row[part] == pytest.approx(committed[part], rel=1e-9), (row["variant"], part)
+
+
+def test_the_ratios_in_the_text_are_the_measured_ones():
+    loads = {v: r["summary"] for v, r in _rows("single_1024", "load").items()}
+    p90 = {
+        v: percentiles([q["latency_s"] for q in r["requests"] if q["phase"] == "measure"])["p90_s"]
+        for v, r in _rows("single_1024", "load").items()
+    }
+    expected = (
+        f"p50 {loads['new']['latency_p50_s'] / loads['old']['latency_p50_s']:.2f}×, "
+        f"p90 {p90['new'] / p90['old']:.2f}×, p99 {loads['new']['latency_p99_s'] / loads['old']['latency_p99_s']:.2f}×"
     )
-    p = percentiles(run["latency_s"])
-    (key,) = [k for k in _rows() if "throughput" in k]
-    expected = [
-        f"{p['p50_s']:.2f}",
-        f"{p['p90_s']:.2f}",
-        f"{p['p99_s']:.2f}",
-        f"{sum(run['batches']) / len(run['batches']):.2f}",
-    ]
-    assert _shown(_rows()[key]) == expected
+    assert expected in _section()
+
+
+def test_the_saturation_table_is_the_raw_capacity_runs():
+    table = [c for c in _table(5) if c[0] in WORKLOAD]
+    assert len(table) == 6
+    for workload, policy, img_s, gpu, batch in table:
+        s = _rows(WORKLOAD[workload], "capacity")[_policy(policy)]["summary"]
+        assert [img_s, gpu, batch] == [
+            f"{s['throughput_img_s']:.3f}",
+            f"{s['gpu_s_per_image']:.3f}",
+            f"{s['mean_batch_size']:.2f}",
+        ], (workload, policy)
+        assert s["ok"] == s["sent"]
