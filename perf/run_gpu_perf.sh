@@ -10,7 +10,8 @@
 #   perf/run_gpu_perf.sh encoder_check        # the engine's start-up text-encoder check on a GPU + te_graphs
 #   perf/run_gpu_perf.sh latency_study        # serve_config.yaml (one replica, random weights) with both batch
 #                                             # policies: 1024² at 80% of capacity (REQUESTS=300 each), 512² and
-#                                             # a 5-preset mix at saturation (> 10 min: run it under setsid)
+#                                             # a 5-preset mix at saturation (> 10 min: run it under setsid;
+#                                             # PARTS="big small mix" picks which, e.g. PARTS=small)
 # Run `lever fp8 --batch 1 8 12` before served_production on one machine to fill the Inductor cache it starts from:
 # levers use $CACHE, the default of which is bench/configs/random_full_fp8.yaml's compile_cache_dir.
 set -euo pipefail
@@ -115,16 +116,17 @@ PY
     cap=(python -m bench capacity --url "$url" --dashboard "$dash" --output-format jpeg --p99-target-s 10
          --target-rate 5 --variant new='{"batch_policy": "latency"}' --variant old='{"batch_policy": "throughput"}'
          --rates-from old)  # old measured first; both policies get the same arrivals
-    "${cap[@]}" --workload single --size "$big" --loads 0.8 --requests-per-load "$n" \
+    parts=" ${PARTS:-big small mix} "  # e.g. PARTS=small: only 512² (~6 min with the start)
+    [[ $parts == *" big "* ]] && { "${cap[@]}" --workload single --size "$big" --loads 0.8 --requests-per-load "$n" \
       --capacity-requests "${CAP_REQUESTS:-36}" --out "$OUT/single_$big" > "$OUT/single_$big.log" 2>&1 \
-      || echo "single $big exit $?"
-    "${cap[@]}" --workload single --size "$small" --loads 0.8 --requests-per-load "${SMALL_REQUESTS:-60}" \
-      --capacity-requests "${SMALL_CAP_REQUESTS:-96}" --out "$OUT/single_$small" > "$OUT/single_$small.log" 2>&1 \
-      || echo "single $small exit $?"
+      || echo "single $big exit $?"; }
+    [[ $parts == *" small "* ]] && { "${cap[@]}" --workload single --size "$small" --loads 0.8 \
+      --requests-per-load "${SMALL_REQUESTS:-60}" --capacity-requests "${SMALL_CAP_REQUESTS:-96}" \
+      --out "$OUT/single_$small" > "$OUT/single_$small.log" 2>&1 || echo "single $small exit $?"; }
     # five 1024-class presets (the mix: five aspect ratios), 2 x 12 clients at saturation
-    "${cap[@]}" --workload mix --shapes ${MIX_SHAPES:-1024x1024 1152x896 896x1152 1248x832 832x1248} --loads 0.8 \
-      --requests-per-load "${MIX_REQUESTS:-24}" --capacity-requests "${MIX_CAP_REQUESTS:-48}" --out "$OUT/mix" \
-      > "$OUT/mix.log" 2>&1 || echo "mix exit $?"
+    [[ $parts == *" mix "* ]] && { "${cap[@]}" --workload mix --loads 0.8 \
+      --shapes ${MIX_SHAPES:-1024x1024 1152x896 896x1152 1248x832 832x1248} --requests-per-load "${MIX_REQUESTS:-24}" \
+      --capacity-requests "${MIX_CAP_REQUESTS:-48}" --out "$OUT/mix" > "$OUT/mix.log" 2>&1 || echo "mix exit $?"; }
     python -m ray.scripts.scripts stop > /dev/null 2>&1 || true ;;
   *) echo "usage: $0 lever <name> [args]|tiers|cold_start|cold_start_fp8|served_latency|served_production|encoder_check|latency_study" >&2
      exit 2 ;;
