@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from fastapi import Request, Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
@@ -84,6 +85,7 @@ class Ingress:
     async def images_edits(self, request: Request, response: Response) -> ImagesResponse:
         """OpenAI's images edit (multipart): image-to-image, or inpainting where the mask is transparent."""
         with self._observed(EDITS_PATH):
+            self.client.refuse_if_full()  # before the upload is read: a full ingress buffers no images to refuse
             upload = edit_upload(await read_form(request))
             fmt, quality = output_encoding(upload.request)
             specs = await asyncio.to_thread(specs_from_edit, upload, self.cfg, uuid.uuid4().hex)  # decodes images
@@ -118,8 +120,12 @@ class Ingress:
 
     @api.get("/info")
     async def info(self) -> dict:
-        """Service configuration and one generator replica's batching state (tier, caps, memory mode)."""
-        generator = await self.generator.info.remote()
+        """Service configuration and one generator replica's batching state (tier, caps, memory mode). Under overload
+        the generator's queue may refuse the call: /info still answers, with `generator.unavailable` saying why."""
+        try:
+            generator = await self.generator.info.remote()
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            generator = {"unavailable": f"{type(exc).__name__}: the generator's queue is full or it has no replica"}
         guard = current_guard()  # what the middleware really enforces in this process
         return {
             "model_name": self.cfg.model_name,

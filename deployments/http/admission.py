@@ -35,6 +35,10 @@ class InFlightImages:
         self._set(self.in_flight + n)
         return True
 
+    def full(self) -> bool:
+        """No request of any size would be admitted now: the bound is reached (and something holds it)."""
+        return self.limit is not None and self.in_flight >= self.limit and self.in_flight > 0
+
     def release(self, n: int) -> None:
         if n > self.in_flight:  # a release without its acquire: a bug, but never let the count go negative
             logger.error("in-flight images: releasing %d with only %d held", n, self.in_flight)

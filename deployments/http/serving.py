@@ -99,6 +99,17 @@ class GenerationClient:
             return result
         raise AssertionError("unreachable")
 
+    def refuse_if_full(self) -> None:
+        """503 now if no request could be admitted: lets a route refuse before it reads a large body (an edit's
+        images, up to 32 MiB), so a burst of uploads is not buffered only to be refused."""
+        if self.admission.full():
+            raise self._busy()
+
+    def _busy(self) -> Overloaded:
+        held, limit = self.admission.in_flight, self.admission.limit
+        message = f"server busy: {held} of {limit} images already in flight at this ingress"
+        return self._unavailable("ingress_full", message, code="queue_full")
+
     async def run(self, specs: list[GenerationSpec], lora_names: Sequence[str] = ()) -> list[GenerationResult]:
         """All images of one request, concurrently (they may land in one batch); the first error answers it.
         `lora_names`: the request's adapters in its own order, to name the one a replica refuses."""
@@ -106,9 +117,7 @@ class GenerationClient:
             logger.info("request %s: %r", specs[0].request_id, specs[0].prompt)
         # Decided here, before any await: under a burst the router's own back-pressure waits on the busy replica.
         if not self.admission.try_acquire(len(specs)):
-            held, limit = self.admission.in_flight, self.admission.limit
-            message = f"server busy: {held} of {limit} images already in flight at this ingress"
-            raise self._unavailable("ingress_full", message, code="queue_full")
+            raise self._busy()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.one(s, lora_names)) for s in specs]

@@ -10,6 +10,7 @@ accepted request and the drain after the load stops are bounded by (ongoing + qu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 
@@ -187,9 +188,20 @@ SLOW_S = 1.5
 RETRY_AFTER_S = 3
 
 
+def _wait_until_the_ingress_is_full(base_url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ingress = httpx.get(f"{base_url}/info", timeout=10).json()["ingress"]
+        if ingress["in_flight_images"] >= ingress["max_in_flight_images"]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_burst_on_a_slow_pipeline_gets_fast_503_with_retry_after_and_recovers(serve_cluster):
     """With 2 ongoing + 2 queued and a slow pipeline, a burst gets 200s for what fits and fast, typed 503s with the
-    configured Retry-After for the rest; the service then recovers.
+    configured Retry-After for the rest; an edit sent while the ingress is full is refused the same way before its
+    upload is read (a multipart body that would not parse gets the 503, not a 4xx); the service then recovers.
 
     Fake: the GPU's slowness (`WrappingFactory(sleep_s=...)` sleeps in each denoise call of the real tiny pipeline);
     Serve's queueing and back-pressure, the ingress and HTTP are real.
@@ -206,7 +218,16 @@ def test_burst_on_a_slow_pipeline_gets_fast_503_with_retry_after_and_recovers(se
     burst = 12
     start = time.monotonic()
     bodies = [{"prompt": f"a cat {i}", "seed": i, "num_inference_steps": 1} for i in range(burst)]
-    responses = post_concurrently("/generate", bodies)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(post_concurrently, "/generate", bodies)
+        full = _wait_until_the_ingress_is_full(serve_cluster.BASE_URL, timeout_s=5 * SLOW_S)
+        # An edit while the ingress is full: refused before its body is read (a multipart body that would not parse).
+        multipart = {"content-type": "multipart/form-data; boundary=zz"}
+        edit = httpx.post(f"{serve_cluster.BASE_URL}/v1/images/edits", content=b"x" * 100_000, headers=multipart)
+        responses = sent.result()
+    assert full, "the burst never filled the ingress"
+    assert edit.status_code == 503 and edit.json()["error"]["code"] == "queue_full", edit.text
+    assert edit.headers["Retry-After"] == str(RETRY_AFTER_S)
     codes = [r.status_code for r in responses]
     lg.save_result("slow_burst", {"statuses": {c: codes.count(c) for c in set(codes)}})
     assert set(codes) <= {200, 503}, codes

@@ -141,6 +141,33 @@ def test_over_the_bound_is_a_typed_503_decided_without_calling_the_generator():
     assert metrics.rejected.tags == [{"reason": "ingress_full"}]
 
 
+def test_a_full_ingress_refuses_before_a_body_is_read():
+    """`refuse_if_full` (called by the edits route before it reads the upload) refuses exactly when `run` would refuse
+    any request: the bound reached; never when there is room, nor for the lone oversized request it admits."""
+
+    async def go():
+        c, gen, metrics = client(2)
+        c.refuse_if_full()  # empty: room
+        held = asyncio.create_task(c.run(specs("held", 1)))
+        await settle()
+        c.refuse_if_full()  # 1 of 2: room for one more
+        second = asyncio.create_task(c.run(specs("second", 1)))
+        await settle()
+        with pytest.raises(Overloaded) as info:
+            c.refuse_if_full()  # 2 of 2
+        gen.release()
+        await asyncio.gather(held, second)
+        c.refuse_if_full()  # room again
+        return info.value, metrics
+
+    err, metrics = asyncio.run(go())
+    assert (err.status, err.code) == (503, "queue_full") and err.headers == {"Retry-After": "5"}
+    assert metrics.rejected.tags == [{"reason": "ingress_full"}]
+    alone = InFlightImages(2)
+    assert alone.try_acquire(5) and alone.full()  # an oversized request alone holds it: the next is refused
+    assert not InFlightImages(None).full()
+
+
 def test_cancelled_and_failed_requests_give_their_places_back():
     async def go():
         c, gen, _ = client(8)
