@@ -107,3 +107,47 @@ def test_the_saturation_table_is_the_raw_capacity_runs():
             f"{s['mean_batch_size']:.2f}",
         ], (workload, policy)
         assert s["ok"] == s["sent"]
+
+
+def _variant(workload: str, name: str) -> dict:
+    return read_json(RUN / workload / "capacity.json.gz")["variants"][name]
+
+
+def test_the_figures_in_the_bullets_are_the_raw_run(model):
+    """The prose's figures, each from the raw files: percentages, the 512² curve, the 0.8x load at 512², the mix's
+    batch-to-batch rates, the model's fit and overheads, the GPU idle gaps."""
+    text = _section()
+    cap = {w: {v: r["summary"] for v, r in _rows(w, "capacity").items()} for w in ("single_1024", "single_512", "mix")}
+    ratio = {w: 100 * c["new"]["throughput_img_s"] / c["old"]["throughput_img_s"] for w, c in cap.items()}
+    assert f"keeps {ratio['single_1024']:.1f}% of" in text and f"reached {ratio['single_512']:.1f}% of" in text
+    learnt = {
+        v: _variant("single_512", v)["batching_after"]["efficiency"]["generate 512x512 8 steps"]
+        for v in POLICY.values()
+    }
+    curve = learnt["new"]["s_per_image"]
+    assert f"learnt {curve['4']:.3f} s/img at batch 4 and\n  {curve['8']:.3f} at batch 8" in text
+    assert learnt["new"]["batches"]["8"] == 1  # "from a single batch of 8"
+    assert f"batch 12 ({learnt['old']['s_per_image']['12']:.3f} s/img" in text
+    loads = {v: r["summary"] for v, r in _rows("single_512", "load").items()}
+    new, old = loads["new"], loads["old"]
+    assert (
+        f"`latency` answered p50 {new['latency_p50_s']:.2f} s / p99 {new['latency_p99_s']:.2f} s against "
+        f"{old['latency_p50_s']:.2f} s / {old['latency_p99_s']:.2f} s" in text
+    )
+    mix = cap["mix"]
+    assert (
+        f"`throughput` ran {mix['old']['steady_throughput_img_s']:.3f} img/s and `latency`\n  "
+        f"{mix['new']['steady_throughput_img_s']:.3f}" in text
+    )
+    assert f"({mix['old']['gpu_s_per_image']:.3f} against {mix['new']['gpu_s_per_image']:.3f} GPU s/img)" in text
+    fit = model["new"]["batch_time"]
+    assert f"T(b) = −{-fit['fixed_s']:.4f} + {fit['per_image_s']:.4f} × b" in text
+    assert f"JPEG: {model['old']['overhead_s']:.3f} s and {model['new']['overhead_s']:.3f} s" in text
+    poisson = {v: model[v]["model_poisson"] for v in ("old", "new")}
+    assert f"about the same ({poisson['new']['p99_s'] / poisson['old']['p99_s']:.2f}×)" in text
+    gaps = {v: _variant("single_1024", v)["batching_after"]["gpu_idle_gaps_while_waiting"] for v in ("old", "new")}
+    own = gaps["new"]["count"] - gaps["old"]["count"]
+    own_mean = (gaps["new"]["count"] * gaps["new"]["mean_ms"] - gaps["old"]["count"] * gaps["old"]["mean_ms"]) / own
+    assert f"{gaps['old']['count']} under `throughput`, mean {gaps['old']['mean_ms']:.1f} ms" in text
+    assert f"{gaps['new']['count']} in all after `latency`, mean {gaps['new']['mean_ms']:.2f} ms" in text
+    assert f"its own {own} gaps\n  average {own_mean:.1f} ms" in text
