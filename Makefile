@@ -18,7 +18,7 @@ install:
 serve: install  ## start the service on :8000 (GPU: serve_config.yaml; no GPU: tiny random model, noise images)
 	serve run $(CONFIG)
 
-test: install  ## run the test suite on CPU, 15-18 min on 2 cores after the install (installs Debian's prometheus for the monitoring tests if missing)
+test: install  ## run the test suite on CPU, 16-19 min on 2 cores after the install (installs Debian's prometheus for the monitoring tests if missing)
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null) || \
 	  echo "warning: could not install prometheus; monitoring integration tests will fail"
 	$(PY) -m pytest -q -ra
