@@ -36,8 +36,8 @@ class InFlightImages:
         return True
 
     def full(self) -> bool:
-        """No request of any size would be admitted now: the bound is reached (and something holds it)."""
-        return self.limit is not None and self.in_flight >= self.limit and self.in_flight > 0
+        """No request of any size would be admitted now: the bound (>= 1) is reached."""
+        return self.limit is not None and self.in_flight >= self.limit
 
     def release(self, n: int) -> None:
         if n > self.in_flight:  # a release without its acquire: a bug, but never let the count go negative

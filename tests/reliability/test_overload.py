@@ -191,7 +191,9 @@ RETRY_AFTER_S = 3
 def _wait_until_the_ingress_is_full(base_url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ingress = httpx.get(f"{base_url}/info", timeout=10).json()["ingress"]
+        info = httpx.get(f"{base_url}/info", timeout=10)
+        assert info.status_code == 200, info.text  # /info answers under overload too (`generator.unavailable`)
+        ingress = info.json()["ingress"]
         if ingress["in_flight_images"] >= ingress["max_in_flight_images"]:
             return True
         time.sleep(0.05)
