@@ -1,10 +1,17 @@
+import os
 from pathlib import Path
 
 import pytest
 
 from tests import serve_harness
 
+# Tests in this process compare images bit for bit too (a saved model against the one in memory, batched against
+# alone): MKL's strict reproducibility must hold before this process's first GEMM, not only once a module has
+# started a cluster (start_cluster sets it for the workers and, as a side effect, here).
+os.environ.setdefault("MKL_CBWR", serve_harness.WORKER_ENV["MKL_CBWR"])
+
 TESTS = Path(__file__).resolve().parent
+pytest_plugins = ["tests.hard_exit"]  # ends the process once results are in (why: tests/hard_exit.py)
 GROUPS = ("unit", "service", "reliability")  # tests/<group>/: marked by directory (`pytest -m unit`)
 
 

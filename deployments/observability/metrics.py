@@ -7,9 +7,9 @@ tests/unit/test_monitoring_dashboards.py checks that every `ray_zimage_*` name t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
-import time
 
 from ray.serve import metrics
 
@@ -47,12 +47,16 @@ class StateGauge(metrics.Gauge):
     ray/_private/telemetry/open_telemetry_metric_recorder.py; measured here: gone ~20 s after the last set with a
     2 s report interval), so a value set once at reconfigure() would vanish from Prometheus. A daemon thread
     re-records the last value of every tag set (tests/service/test_monitoring_integration.py checks 30 s later).
+    The thread is stopped and joined at interpreter exit, before Ray's own exit handler shuts the worker down, so
+    nothing records into Ray's native metrics code while it is torn down (a thread using Ray's API across
+    ray.shutdown can segfault: ray-project/ray#31145).
     """
 
     REFRESH_S = 1.0  # below the shortest report interval Ray allows (1 s)
     _live: list[StateGauge] = []
     _lock = threading.Lock()
     _thread: threading.Thread | None = None
+    _stop = threading.Event()
 
     def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None):
         super().__init__(name, description=description, tag_keys=tag_keys)
@@ -61,7 +65,9 @@ class StateGauge(metrics.Gauge):
         with cls._lock:
             cls._live.append(self)
             if cls._thread is None:
-                cls._thread = threading.Thread(target=cls._refresh_forever, name="state-gauges", daemon=True)
+                cls._thread = threading.Thread(
+                    target=cls._refresh_forever, args=(cls._stop,), name="state-gauges", daemon=True
+                )
                 cls._thread.start()
 
     def set(self, value: float, tags: dict[str, str] | None = None) -> None:
@@ -70,9 +76,18 @@ class StateGauge(metrics.Gauge):
         super().set(value, tags=dict(tags) if tags else None)
 
     @classmethod
-    def _refresh_forever(cls) -> None:
-        while True:
-            time.sleep(cls.REFRESH_S)
+    def stop_refreshing(cls, timeout_s: float = 5.0) -> None:
+        """Stop the re-recording thread and wait for it (at exit; a later StateGauge starts a new one)."""
+        with cls._lock:
+            thread, cls._thread = cls._thread, None
+            stop, cls._stop = cls._stop, threading.Event()
+        if thread is not None:
+            stop.set()
+            thread.join(timeout_s)
+
+    @classmethod
+    def _refresh_forever(cls, stop: threading.Event) -> None:
+        while not stop.wait(cls.REFRESH_S):
             with cls._lock:
                 pending = [(g, dict(k), v) for g in cls._live for k, v in g._last.items()]
             for gauge, tags, value in pending:
@@ -80,6 +95,10 @@ class StateGauge(metrics.Gauge):
                     metrics.Gauge.set(gauge, value, tags=tags or None)
                 except Exception:  # metrics must never take the replica down
                     logger.exception("re-recording a state gauge failed")
+
+
+# Registered after `import ray` registered ray.shutdown: atexit runs handlers last-in first-out, so this one first.
+atexit.register(StateGauge.stop_refreshing)
 
 
 class GeneratorMetrics:
