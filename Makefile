@@ -18,10 +18,11 @@ install:
 serve: install  ## start the service on :8000 (GPU: serve_config.yaml; no GPU: tiny random model, noise images)
 	serve run $(CONFIG)
 
-test: install  ## run the test suite on CPU, 16-19 min on 2 cores after the install (installs Debian's prometheus for the monitoring tests if missing)
+# -X faulthandler: a native crash prints every thread's stack, even one in the interpreter's teardown.
+test: install  ## run the test suite on CPU, 16-18 min on 2 cores after the install (installs Debian's prometheus for the monitoring tests if missing)
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null) || \
 	  echo "warning: could not install prometheus; monitoring integration tests will fail"
-	$(PY) -X faulthandler -m pytest -q -ra  # faulthandler: a native crash prints every thread's stack, even at exit
+	$(PY) -X faulthandler -m pytest -q -ra
 
 lint:
 	ruff check . && ruff format --check .
