@@ -5,9 +5,9 @@ from tests import serve_harness
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_cluster():
-    """Unit tests need no Ray cluster. They run after the service modules (tests/conftest.py orders them), so stop
-    the cluster those left running: its idle processes would share the CI's 2 cores with Inductor's compiles here,
-    and the driver's Ray threads would run on beside them until the process exits."""
+    """Unit tests need no Ray cluster. They run after the service modules (tests/conftest.py orders them): stop the
+    cluster those left running, so the unit tests run as they do alone (`pytest -m unit`), without Ray's processes
+    on the same cores."""
     import ray
 
     if ray.is_initialized():
