@@ -121,7 +121,9 @@ class Ingress:
     @api.get("/info")
     async def info(self) -> dict:
         """Service configuration and one generator replica's batching state (tier, caps, memory mode). Under overload
-        the generator's queue may refuse the call: /info still answers, with `generator.unavailable` saying why."""
+        the generator's queue may refuse the call: /info still answers, with `generator.unavailable` saying why.
+        The ingress's own counts are read on arrival: the generator call can wait behind a batch for seconds."""
+        admission = self.admission.as_dict()
         try:
             generator = await self.generator.info.remote()
         except (BackPressureError, DeploymentUnavailableError) as exc:
@@ -134,7 +136,7 @@ class Ingress:
             "defaults": self.cfg.defaults.model_dump(),
             "presets": presets_info(self.cfg.limits),
             "auth": bool(guard and guard.api_key),
-            "ingress": {"replica": replica_id(), "pid": os.getpid(), **self.admission.as_dict()},
+            "ingress": {"replica": replica_id(), "pid": os.getpid(), **admission},
             "generator": generator,
         }
 

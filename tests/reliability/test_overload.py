@@ -188,16 +188,25 @@ SLOW_S = 1.5
 RETRY_AFTER_S = 3
 
 
-def _wait_until_the_ingress_is_full(base_url: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
+def _edit_while_full(base_url: str, timeout_s: float) -> tuple[httpx.Response | None, list]:
+    """Send a multipart body that would not parse to /v1/images/edits every 50 ms until one is refused: only a full
+    ingress refuses it, and before reading it (a 503); an ingress with room reads it and answers 422. The probes never
+    reach the generator, so they take none of its queue slots (an /info poll would: its generator call can take the
+    slot a burst request needs, and then the ingress never fills). Returns the 503 (or None) and every (s, status)."""
+    multipart = {"content-type": "multipart/form-data; boundary=zz"}
+    deadline, seen, start = time.monotonic() + timeout_s, [], time.monotonic()
     while time.monotonic() < deadline:
-        info = httpx.get(f"{base_url}/info", timeout=10)
-        assert info.status_code == 200, info.text  # /info answers under overload too (`generator.unavailable`)
-        ingress = info.json()["ingress"]
-        if ingress["in_flight_images"] >= ingress["max_in_flight_images"]:
-            return True
+        edit = httpx.post(f"{base_url}/v1/images/edits", content=b"x" * 100_000, headers=multipart, timeout=10)
+        seen.append((round(time.monotonic() - start, 2), edit.status_code))
+        if edit.status_code == 503:
+            return edit, seen
+        assert edit.status_code == 422, edit.text  # read and refused as malformed: the ingress had room
         time.sleep(0.05)
-    return False
+    return None, seen
+
+
+def _timings(responses) -> list:
+    return [(r.status_code, round(r.elapsed.total_seconds(), 2)) for r in responses]
 
 
 def test_burst_on_a_slow_pipeline_gets_fast_503_with_retry_after_and_recovers(serve_cluster):
@@ -222,13 +231,12 @@ def test_burst_on_a_slow_pipeline_gets_fast_503_with_retry_after_and_recovers(se
     bodies = [{"prompt": f"a cat {i}", "seed": i, "num_inference_steps": 1} for i in range(burst)]
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sent = pool.submit(post_concurrently, "/generate", bodies)
-        full = _wait_until_the_ingress_is_full(serve_cluster.BASE_URL, timeout_s=5 * SLOW_S)
-        # An edit while the ingress is full: refused before its body is read (a multipart body that would not parse).
-        multipart = {"content-type": "multipart/form-data; boundary=zz"}
-        edit = httpx.post(f"{serve_cluster.BASE_URL}/v1/images/edits", content=b"x" * 100_000, headers=multipart)
+        edit, seen = _edit_while_full(serve_cluster.BASE_URL, timeout_s=5 * SLOW_S)
+        info = httpx.get(f"{serve_cluster.BASE_URL}/info", timeout=30)  # answers under overload too
         responses = sent.result()
-    assert full, "the burst never filled the ingress"
-    assert edit.status_code == 503 and edit.json()["error"]["code"] == "queue_full", edit.text
+    assert edit is not None, f"no edit was refused while the burst ran: (s, status) {seen}; burst {_timings(responses)}"
+    assert edit.json()["error"]["code"] == "queue_full", edit.text
+    assert info.status_code == 200, info.text
     assert edit.headers["Retry-After"] == str(RETRY_AFTER_S)
     codes = [r.status_code for r in responses]
     lg.save_result("slow_burst", {"statuses": {c: codes.count(c) for c in set(codes)}})
